@@ -1,0 +1,6 @@
+"""medal: DINOv2 -> ResNet50 distillation for MedMNIST, with the teacher paid for once."""
+
+from medal.kd_loss import kd_loss
+
+__version__ = "0.1.0"
+__all__ = ["kd_loss", "__version__"]

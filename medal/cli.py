@@ -1,0 +1,193 @@
+"""`medal` command line: the three stages, the cache, and a demo that runs offline.
+
+Every user-fixable problem is a MedalError: printed as one sentence on stderr, exit code 1,
+no traceback. Human-readable tables go to stdout, or JSON alone with --json.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medal.errors import MedalError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distil a frozen DINOv2 teacher into a ResNet50 on MedMNIST, paying for the teacher once.")
+cache_app = typer.Typer(no_args_is_help=True, help="Inspect the teacher caches.")
+app.add_typer(cache_app, name="cache")
+
+CacheDirOpt = typer.Option(None, "--cache-dir", envvar="MEDAL_CACHE_DIR", help="Where teacher caches live (default ~/.cache/medal).")
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, or cuda[:N].")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout instead of a table.")
+
+
+def _milestones(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise MedalError(f"--milestones must be comma-separated epochs such as 50,75, got {text!r}.") from None
+
+
+@app.command("cache-teacher")
+def cache_teacher(
+    dataset: str = typer.Option(..., "--dataset", help="A MedMNIST 2D flag, e.g. bloodmnist, chestmnist, organamnist."),
+    teacher: str = typer.Option("dinov2_vitb14", "--teacher", help="dinov2_vits14 | dinov2_vitb14 (the paper's) | dinov2_vitl14 | dinov2_vitg14."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint: official torch.hub .pth or timm/HF .safetensors. Default: download via timm."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Directory holding the MedMNIST .npz files (default: medmnist's ~/.medmnist)."),
+    size: int = typer.Option(28, "--size", help="Which MedMNIST file: 28, 64, 128 or 224 pixels."),
+    image_size: int = typer.Option(224, "--image-size", help="Pixels the teacher sees (multiple of 14)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Teacher forward batch size."),
+    head_epochs: int = typer.Option(100, "--head-epochs", help="Epochs of linear-head training on the cached features."),
+    device: str = DeviceOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
+    force: bool = typer.Option(False, "--force", help="Recompute even if an up-to-date cache exists."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Stage 1: run the frozen teacher once over train/val/test and cache its features and raw logits."""
+    from medal.pipeline.cache_teacher import CacheConfig, HeadRecipe, run_cache_teacher
+
+    head = HeadRecipe(epochs=head_epochs)
+    result = run_cache_teacher(CacheConfig(dataset=dataset, teacher=teacher, weights=weights, root=root, size=size,
+                                           image_size=image_size, batch_size=batch_size, device=device,
+                                           cache_dir=cache_dir, force=force, head=head))
+    attrs = result.cache.attrs
+    if as_json:
+        print(json.dumps({"key": result.cache.key, "path": str(result.cache.path), "created": result.created, **attrs}, indent=2))
+        return
+    verb = "cached" if result.created else "already cached (use --force to recompute)"
+    print(f"{attrs['dataset']} {verb}: {result.cache.path}")
+    print(_head_table(attrs))
+
+
+def _head_table(attrs: dict) -> str:
+    m = attrs["head_metrics"]
+    return (f"teacher {attrs['teacher']} + linear head: test AUC {m['test']['auc']:.4f} ACC {m['test']['acc']:.4f}"
+            f" | val AUC {m['val']['auc']:.4f} ACC {m['val']['acc']:.4f}")
+
+
+@app.command()
+def distill(
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset flag; may be omitted when exactly one dataset is cached."),
+    root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory (default: where the cached data came from)."),
+    t: float = typer.Option(2.0, "--t", help="Distillation temperature, > 0 (paper's best: 2)."),
+    alpha: float = typer.Option(0.2, "--alpha", help="Weight of CE; 1 - alpha weighs the KL term. --alpha 1 is the plain CE baseline (no cache needed)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Which cached teacher, when several are cached for the dataset."),
+    student: str = typer.Option("resnet50", "--student", help="timm model name of the student (resnet50, seresnet50, skresnet34, ...)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Start the student from ImageNet weights (off in the paper)."),
+    epochs: int = typer.Option(100, "--epochs"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    milestones: str = typer.Option("50,75", "--milestones", help="Epochs at which the lr is multiplied by 0.1."),
+    patience: int = typer.Option(0, "--patience", help="Stop after this many epochs without a better val AUC (0: never; the best epoch is kept either way)."),
+    seed: int = typer.Option(0, "--seed"),
+    image_size: int = typer.Option(224, "--image-size", help="Pixels the student sees."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<dataset>_<student>_<method>_s<seed>)."),
+    device: str = DeviceOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
+    force: bool = typer.Option(False, "--force", help="Replace an existing run directory."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Stage 2 (+3): train the student against the cached teacher logits, then evaluate it on test."""
+    from medal.pipeline.distill import DistillConfig, run_distill
+    from medal.pipeline.evaluate import format_table
+
+    cfg = DistillConfig(dataset=dataset, root=root, t=t, alpha=alpha, teacher=teacher, student=student,
+                        pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
+                        milestones=_milestones(milestones), patience=patience, seed=seed, image_size=image_size,
+                        out=out, device=device, cache_dir=cache_dir, force=force)
+    run = run_distill(cfg)
+    _print_metrics(run, as_json, format_table)
+
+
+def _print_metrics(run: Path, as_json: bool, format_table) -> None:
+    from medal.io import read_json
+
+    metrics = read_json(run / "metrics.json")
+    if as_json:
+        print(json.dumps({"run": str(run), **metrics}, indent=2))
+    else:
+        print(format_table([(str(run), metrics)]))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A finished run directory (from `medal distill`)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory, if the data moved since training."),
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Stage 3: recompute a run's test/val AUC and ACC with medmnist's official metrics."""
+    from medal.pipeline.evaluate import evaluate_run, format_table
+
+    evaluate_run(run, device=device, root=root)
+    _print_metrics(run, as_json, format_table)
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: Optional[Path] = CacheDirOpt, as_json: bool = JsonOpt) -> None:
+    """List the teacher caches, with what they were computed from."""
+    from medal.cache.store import cache_dir as resolve, list_caches
+
+    caches = list_caches(resolve(cache_dir))
+    if as_json:
+        print(json.dumps([{"key": c.key, "path": str(c.path), **c.attrs} for c in caches], indent=2))
+        return
+    if not caches:
+        print(f"no teacher caches in {resolve(cache_dir)}")
+        return
+    print("| key | dataset | teacher | image size | samples | head test AUC | created |\n|---|---|---|---|---|---|---|")
+    for c in caches:
+        a = c.attrs
+        n = sum(a["n_samples"].values())
+        print(f"| {c.key} | {a['dataset']} | {a['teacher']} | {a['image_size']} | {n} | {a['head_metrics']['test']['auc']:.4f} | {a['created']} |")
+
+
+@cache_app.command("info")
+def cache_info(key: str = typer.Argument(..., help="A cache key (or unique prefix) from `medal cache ls`."),
+               cache_dir: Optional[Path] = CacheDirOpt) -> None:
+    """Print one cache's provenance as JSON."""
+    from medal.cache.store import cache_dir as resolve, find_cache
+
+    cache = find_cache(resolve(cache_dir), key)
+    print(json.dumps({"key": cache.key, "path": str(cache.path), **cache.attrs}, indent=2))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-output"), "--out", help="Where the demo writes its cache and run."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="DINOv2 ViT-S/14 checkpoint; without it the demo tries a download, then falls back to a random teacher."),
+    epochs: int = typer.Option(3, "--epochs", help="Student epochs."),
+    image_size: int = typer.Option(56, "--image-size", help="Pixels both networks see (multiple of 14)."),
+    device: str = DeviceOpt,
+) -> None:
+    """All three stages on the bundled BloodMNIST subset: ViT-S/14 teacher, ResNet50 student, t=2, alpha=0.2."""
+    from medal.demo import run_demo
+
+    run_demo(out=out, weights=weights, epochs=epochs, image_size=image_size, device=device)
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one line and a non-zero exit."""
+    try:
+        app()
+    except MedalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was kept.", file=sys.stderr)
+        sys.exit(130)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            print(f"error: the disk is full ({exc.filename or 'while writing'}); nothing half-written was kept.", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

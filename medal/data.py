@@ -1,0 +1,162 @@
+"""MedMNIST 2D data: find or download the official .npz, load it whole, fingerprint it.
+
+A whole split of MedMNIST is small (at most a few hundred MB at 28 px), so medal keeps it in
+memory as uint8 at native size and resizes per batch on the device (see `medal.images`),
+instead of going through a DataLoader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from medmnist.info import DEFAULT_ROOT, INFO
+
+from medal.errors import MedalError
+from medal.log import warn
+
+SPLITS = ("train", "val", "test")
+SIZES = (28, 64, 128, 224)
+DATASETS = tuple(flag for flag in INFO if not flag.endswith("3d"))
+MULTI_LABEL = "multi-label, binary-class"
+BUNDLED_ROOT = Path(__file__).parent / "data"
+DEMO_DATASET = "bloodmnist"
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, H, W, C) uint8
+    labels: np.ndarray  # (N, L) int64; L == 1 except for multi-label data
+
+
+@dataclass
+class MedMNISTData:
+    """One MedMNIST file, all three splits, plus what the metrics need to know of it."""
+
+    flag: str
+    size: int
+    path: Path
+    md5: str
+    official: bool
+    splits: dict[str, Split] = field(repr=False)
+
+    @property
+    def info(self) -> dict:
+        return INFO[self.flag]
+
+    @property
+    def task(self) -> str:
+        return self.info["task"]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == MULTI_LABEL
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits per sample: one per class, or one per label for multi-label data."""
+        return len(self.info["label"])
+
+    def targets(self, split: str) -> np.ndarray:
+        """Loss targets: class indices (N,), or the 0/1 label matrix (N, L) when multi-label."""
+        labels = self.splits[split].labels
+        return labels.astype(np.float32) if self.multi_label else labels[:, 0]
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.splits)
+
+
+def check_dataset(flag: str) -> str:
+    flag = flag.lower()
+    if flag not in DATASETS:
+        raise MedalError(f"unknown dataset {flag!r}: choose one of {', '.join(DATASETS)}.")
+    return flag
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("MEDMNIST_ROOT", DEFAULT_ROOT)).expanduser()
+
+
+def npz_name(flag: str, size: int) -> str:
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(splits: dict[str, Split]) -> str:
+    """SHA-256 of every split's images and labels: what a teacher cache was computed from."""
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        split = splits[name]
+        for array in (split.images, split.labels.astype(np.int64)):
+            digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def download(flag: str, size: int, root: Path) -> None:
+    """Fetch the official file as medmnist does; offline, explain where to put it instead."""
+    from torchvision.datasets.utils import download_url
+
+    suffix = "" if size == 28 else f"_{size}"
+    url, md5 = INFO[flag][f"url{suffix}"], INFO[flag][f"MD5{suffix}"]
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        download_url(url, str(root), filename=npz_name(flag, size), md5=md5)
+    except Exception as exc:  # network errors come in many types; all mean the same to the user
+        partial = root / npz_name(flag, size)
+        partial.unlink(missing_ok=True)
+        raise MedalError(
+            f"{npz_name(flag, size)} is not in {root} and could not be downloaded ({type(exc).__name__}); "
+            f"fetch it from {url} (MD5 {md5}) into that directory, or pass --root DIR where it lies."
+        ) from None
+
+
+def load_dataset(flag: str, root: Path | None = None, size: int = 28, allow_download: bool = True) -> MedMNISTData:
+    """Load all splits of one MedMNIST 2D file, downloading it only when it is absent."""
+    flag = check_dataset(flag)
+    if size not in SIZES:
+        raise MedalError(f"--size must be one of {', '.join(map(str, SIZES))}, got {size}.")
+    root = Path(root).expanduser() if root is not None else default_root()
+    path = root / npz_name(flag, size)
+    if not path.is_file():
+        if not allow_download:
+            raise MedalError(f"{path.name} is not in {root}; pass --root DIR where it lies.")
+        download(flag, size, root)
+    suffix = "" if size == 28 else f"_{size}"
+    md5 = md5sum(path)
+    official = md5 == INFO[flag][f"MD5{suffix}"]
+    try:
+        with np.load(path) as npz:
+            splits = {s: _split(npz, s, flag) for s in SPLITS}
+    except (OSError, ValueError, KeyError) as exc:
+        raise MedalError(f"{path} is not a MedMNIST .npz file ({exc}).") from None
+    if not official and root.resolve() != BUNDLED_ROOT.resolve():
+        counts = ", ".join(f"{s} {len(splits[s].labels)}" for s in SPLITS)
+        warn(f"{path} is not the official {flag} file (MD5 {md5} differs); using it as is ({counts}).")
+    return MedMNISTData(flag=flag, size=size, path=path, md5=md5, official=official, splits=splits)
+
+
+def _split(npz: np.lib.npyio.NpzFile, split: str, flag: str) -> Split:
+    images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+    if images.dtype != np.uint8:
+        raise ValueError(f"{split}_images are {images.dtype}, not uint8")
+    if images.ndim == 3:  # grayscale files store (N, H, W)
+        images = images[..., None]
+    if labels.ndim == 1:  # some re-saved files drop the label axis
+        labels = labels[:, None]
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} {split} images but {len(labels)} labels")
+    width = len(INFO[flag]["label"]) if INFO[flag]["task"] == MULTI_LABEL else 1
+    if labels.shape[1] != width:
+        raise ValueError(f"{split}_labels have {labels.shape[1]} columns, expected {width}")
+    return Split(images=np.ascontiguousarray(images), labels=labels.astype(np.int64))

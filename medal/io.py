@@ -1,0 +1,54 @@
+"""Writes that never leave half a file: write to a temporary name, then rename."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+
+def atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call write(tmp) and rename tmp to path once it returned."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_npy(path: Path, array: np.ndarray) -> Path:
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    return atomic(path, save)
+
+
+def write_torch(path: Path, obj: Any) -> Path:
+    return atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    def save(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return atomic(path, save)

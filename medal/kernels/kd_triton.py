@@ -1,0 +1,268 @@
+"""Fused Triton kernel for the MedAlmighty distillation loss (`medal.kd_loss`).
+
+Why a kernel: the eager loss runs log_softmax(student / t), log_softmax(teacher / t),
+kl_div, cross_entropy and their backwards as ~15 separate kernels, each reading and
+writing a full (B, C) fp32 tensor. The loss is purely memory-bound, so this kernel
+reads student logits, teacher logits and labels once, and in that same pass writes
+per-row loss partials and the gradient with respect to the student logits (the trick
+fused cross-entropy kernels use: the gradient is saved for backward, so backward is a
+single scalar multiply).
+
+Per row, with p = softmax(z_s), q = softmax(z_s / t), r = softmax(z_t / t):
+
+    loss_row = [alpha * (lse(z_s) - z_s[y]) + (1 - alpha) * t^2 * sum_c r (log r - log q)] / B
+    grad_row = [alpha * (p - onehot(y)) + (1 - alpha) * t * (q - r)] / B
+
+and for multi-label data, element-wise with sigmoids instead of softmaxes, divided by
+B * C (BCE-with-logits plus the Bernoulli KL at temperature t).
+
+Numerics: every softmax keeps its max and sum apart (log p = (x - m) - log Z), all
+arithmetic is fp32 whatever the input dtype, so logits of +-1e4, all-equal rows and
+one-hot teachers give finite losses and gradients.
+
+Layout: one program handles BLOCK_B rows x BLOCK_C columns, BLOCK_C = next power of two
+of C. For C above MAX_BLOCK_C the multi-class kernel loops over column tiles: a first
+pass keeps an online max / sum-exp per softmax, a second pass writes loss and gradient
+(so logits are read twice only in that case). The multi-label loss is element-wise and
+always one pass.
+
+Gradient storage: in the input dtype for fp32 and bf16 (bf16 has fp32's exponent range),
+in fp32 for fp16, whose range would flush the ~1/B-sized gradients to zero before a
+GradScaler's scale is applied; backward casts the scaled fp32 gradient back to fp16.
+
+t and alpha are runtime float arguments, never constexpr, and are passed as Python
+floats (an int 1 would be specialised by Triton), so sweeping them never recompiles; nor
+does the batch size (n_rows is not specialised), only C, the dtypes and the task kind.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_BLOCK_C = 8192  # widest column tile held in registers; wider C loops over tiles
+ELEMS_PER_PROGRAM = 4096  # BLOCK_B * BLOCK_C target: enough work per program, bounded registers
+MAX_BLOCK_B = 128
+
+
+@triton.jit
+def _row_stats(x, m, z):
+    """Online update of a row max `m` and sum-exp `z` (relative to m) with a tile `x`."""
+    m_new = tl.maximum(m, tl.max(x, axis=1))
+    z = z * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+    return m_new, z
+
+
+@triton.jit
+def _multiclass_tile(s, tt, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n):
+    """Loss partial (per row) and gradient of one (BLOCK_B, BLOCK_C) tile, given row stats.
+
+    `s` and `tt` are fp32 student and teacher logits with -inf in padded columns; the
+    stats are the full-row max / sum-exp of s, s / temp and tt / temp.
+    """
+    q_in = s / temp
+    r_in = tt / temp
+    p = tl.exp(s - m_s[:, None]) / z_s[:, None]
+    log_q = (q_in - m_q[:, None]) - tl.log(z_q)[:, None]
+    log_r = (r_in - m_r[:, None]) - tl.log(z_r)[:, None]
+    q = tl.exp(log_q)
+    r = tl.exp(log_r)
+    hit = cols[None, :] == y[:, None]
+    # CE = lse(s) - s[y] = (m - s[y]) + log Z, summed over the tile's single hit column.
+    ce = tl.sum(tl.where(hit, (m_s[:, None] - s) + tl.log(z_s)[:, None], 0.0), axis=1)
+    kl = tl.sum(tl.where(col_ok, r * (log_r - log_q), 0.0), axis=1)
+    loss = (alpha * ce + (1.0 - alpha) * temp * temp * kl) * inv_n
+    onehot = tl.where(hit, 1.0, 0.0)
+    grad = (alpha * (p - onehot) + (1.0 - alpha) * temp * (q - r)) * inv_n
+    return loss, grad
+
+
+@triton.jit(do_not_specialize=["n_rows"])  # a short last batch must not recompile
+def _kd_multiclass_kernel(
+    s_ptr, t_ptr, y_ptr, loss_ptr, grad_ptr,
+    n_rows, n_cols, temp, alpha, inv_n,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, NUM_TILES: tl.constexpr,
+):
+    """One program: BLOCK_B rows of softmax CE + temperature KL, loss partials and gradient."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < n_rows
+    base = rows.to(tl.int64)[:, None] * n_cols
+    y = tl.load(y_ptr + rows, mask=row_ok, other=0)
+    neg_inf = float("-inf")
+    if NUM_TILES == 1:
+        cols = tl.arange(0, BLOCK_C)
+        col_ok = (cols < n_cols)[None, :]
+        ok = row_ok[:, None] & col_ok
+        # Padded rows read zeros (finite stats, never stored); padded columns are -inf.
+        s = tl.where(col_ok, tl.load(s_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
+        tt = tl.where(col_ok, tl.load(t_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
+        m_s = tl.max(s, axis=1)
+        z_s = tl.sum(tl.exp(s - m_s[:, None]), axis=1)
+        m_q = tl.max(s / temp, axis=1)
+        z_q = tl.sum(tl.exp(s / temp - m_q[:, None]), axis=1)
+        m_r = tl.max(tt / temp, axis=1)
+        z_r = tl.sum(tl.exp(tt / temp - m_r[:, None]), axis=1)
+        loss, grad = _multiclass_tile(s, tt, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n)
+        tl.store(grad_ptr + base + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=ok)
+    else:
+        # Pass 1: online max / sum-exp of the three softmaxes over all column tiles.
+        m_s = tl.full((BLOCK_B,), neg_inf, tl.float32)
+        m_q = tl.full((BLOCK_B,), neg_inf, tl.float32)
+        m_r = tl.full((BLOCK_B,), neg_inf, tl.float32)
+        z_s = tl.zeros((BLOCK_B,), tl.float32)
+        z_q = tl.zeros((BLOCK_B,), tl.float32)
+        z_r = tl.zeros((BLOCK_B,), tl.float32)
+        for i in range(NUM_TILES):
+            cols = i * BLOCK_C + tl.arange(0, BLOCK_C)
+            col_ok = (cols < n_cols)[None, :]
+            ok = row_ok[:, None] & col_ok
+            s = tl.where(col_ok, tl.load(s_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
+            tt = tl.where(col_ok, tl.load(t_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
+            m_s, z_s = _row_stats(s, m_s, z_s)
+            m_q, z_q = _row_stats(s / temp, m_q, z_q)
+            m_r, z_r = _row_stats(tt / temp, m_r, z_r)
+        # Pass 2: loss partials and gradient, tile by tile.
+        loss = tl.zeros((BLOCK_B,), tl.float32)
+        for i in range(NUM_TILES):
+            cols = i * BLOCK_C + tl.arange(0, BLOCK_C)
+            col_ok = (cols < n_cols)[None, :]
+            ok = row_ok[:, None] & col_ok
+            s = tl.where(col_ok, tl.load(s_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
+            tt = tl.where(col_ok, tl.load(t_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
+            part, grad = _multiclass_tile(s, tt, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n)
+            loss += part
+            tl.store(grad_ptr + base + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=ok)
+    tl.store(loss_ptr + rows, loss, mask=row_ok)
+
+
+@triton.jit
+def _softplus_neg_abs(x):
+    """log(1 + exp(-|x|)), accurate also where exp(-|x|) is below fp32 epsilon."""
+    e = tl.exp(-tl.abs(x))
+    return tl.where(e < 1e-4, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
+
+
+@triton.jit
+def _sigmoid(x):
+    """Sigmoid without overflow: exp of a non-positive argument only."""
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit(do_not_specialize=["n_rows"])  # a short last batch must not recompile
+def _kd_multilabel_kernel(
+    s_ptr, t_ptr, y_ptr, loss_ptr, grad_ptr,
+    n_rows, n_cols, temp, alpha, inv_n,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, NUM_TILES: tl.constexpr,
+):
+    """One program: BLOCK_B rows of BCE-with-logits + Bernoulli KL at temperature t."""
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < n_rows
+    base = rows.to(tl.int64)[:, None] * n_cols
+    loss = tl.zeros((BLOCK_B,), tl.float32)
+    for i in range(NUM_TILES):
+        cols = i * BLOCK_C + tl.arange(0, BLOCK_C)
+        ok = row_ok[:, None] & (cols < n_cols)[None, :]
+        offs = base + cols[None, :]
+        s = tl.load(s_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        tt = tl.load(t_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        # BCE with logits: max(s, 0) - s * y + log(1 + exp(-|s|)).
+        bce = tl.maximum(s, 0.0) - s * y + _softplus_neg_abs(s)
+        # Bernoulli KL(r || q), r = sigmoid(tt / t), q = sigmoid(s / t), in log-sigmoid form:
+        # log sigmoid(x) = min(x, 0) - sp(x), log sigmoid(-x) = min(-x, 0) - sp(x).
+        a = s / temp
+        b = tt / temp
+        sp_a = _softplus_neg_abs(a)
+        sp_b = _softplus_neg_abs(b)
+        r = _sigmoid(b)
+        r_neg = _sigmoid(-b)
+        kl = r * ((tl.minimum(b, 0.0) - sp_b) - (tl.minimum(a, 0.0) - sp_a)) + r_neg * (
+            (tl.minimum(-b, 0.0) - sp_b) - (tl.minimum(-a, 0.0) - sp_a)
+        )
+        elem = alpha * bce + (1.0 - alpha) * temp * temp * kl
+        loss += tl.sum(tl.where(ok, elem, 0.0), axis=1) * inv_n
+        grad = (alpha * (_sigmoid(s) - y) + (1.0 - alpha) * temp * (_sigmoid(a) - r)) * inv_n
+        tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=ok)
+    tl.store(loss_ptr + rows, loss, mask=row_ok)
+
+
+def _block_sizes(n_cols: int, max_block_c: int) -> tuple[int, int, int]:
+    """(BLOCK_B, BLOCK_C, NUM_TILES) for a row width, BLOCK_C a power of two <= max_block_c."""
+    block_c = min(triton.next_power_of_2(n_cols), triton.next_power_of_2(max_block_c))
+    block_b = max(1, min(MAX_BLOCK_B, ELEMS_PER_PROGRAM // block_c))
+    return block_b, block_c, triton.cdiv(n_cols, block_c)
+
+
+def kd_forward(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    t: float,
+    alpha: float,
+    multi_label: bool,
+    max_block_c: int = MAX_BLOCK_C,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the kernel: returns (scalar fp32 loss, gradient wrt student logits)."""
+    s = student_logits.detach().contiguous()
+    tch = teacher_logits.detach().contiguous()
+    n_rows, n_cols = s.shape
+    if multi_label:
+        y = target.detach()
+        if y.dtype == torch.bool:
+            y = y.to(torch.uint8)
+        y = y.contiguous()
+        inv_n = 1.0 / (n_rows * n_cols)
+        kernel = _kd_multilabel_kernel
+    else:
+        y = target.detach().long().contiguous()
+        inv_n = 1.0 / n_rows
+        kernel = _kd_multiclass_kernel
+    grad_dtype = torch.float32 if s.dtype == torch.float16 else s.dtype
+    grad = torch.empty(s.shape, dtype=grad_dtype, device=s.device)
+    partial = torch.empty(n_rows, dtype=torch.float32, device=s.device)
+    block_b, block_c, num_tiles = _block_sizes(n_cols, max_block_c)
+    grid = (triton.cdiv(n_rows, block_b),)
+    kernel[grid](
+        s, tch, y, partial, grad,
+        n_rows, n_cols, float(t), float(alpha), float(inv_n),
+        BLOCK_B=block_b, BLOCK_C=block_c, NUM_TILES=num_tiles,
+        num_warps=8 if block_b * block_c >= 4096 else 4,
+    )
+    return partial.sum(), grad
+
+
+class KDLossFunction(torch.autograd.Function):
+    """Autograd wrapper: forward runs the fused kernel, backward scales the saved gradient."""
+
+    @staticmethod
+    def forward(ctx, student_logits, teacher_logits, target, t, alpha, multi_label, max_block_c=MAX_BLOCK_C):
+        loss, grad = kd_forward(student_logits, teacher_logits, target, t, alpha, multi_label, max_block_c)
+        ctx.save_for_backward(grad)
+        ctx.input_dtype = student_logits.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        # grad_output is a 0-dim tensor: multiply on device, never read it on the host.
+        grad_in = (grad * grad_output).to(ctx.input_dtype)
+        return grad_in, None, None, None, None, None, None
+
+
+def kd_loss_triton(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    t: float,
+    alpha: float,
+    multi_label: bool = False,
+) -> torch.Tensor:
+    """Fused-kernel `kd_loss`: same arguments and result as `medal.kd_loss.kd_loss_torch`.
+
+    Returns a 0-dim fp32 loss; the teacher gets no gradient. Class indices must lie in
+    [0, C) (they are not checked, which would cost a host sync).
+    """
+    return KDLossFunction.apply(student_logits, teacher_logits, target, float(t), float(alpha), bool(multi_label))

@@ -1,0 +1,69 @@
+"""Stage 3: MedMNIST's official test/val AUC and ACC of a trained student.
+
+Run at the end of every `distill`, and again on any finished run with `medal evaluate RUN`.
+The scores the metrics come from are saved as test_scores.npy (test-split order), so anyone
+can recompute them with medmnist's `getAUC`/`getACC`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from medal.data import MedMNISTData, load_dataset
+from medal.device import autocast, resolve_device
+from medal.errors import MedalError
+from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess, to_device
+from medal.io import read_json, write_json, write_npy
+from medal.metrics import evaluate_scores, scores_from_logits
+from medal.models import build_student
+
+
+def predict(model: nn.Module, images: torch.Tensor, prep: Preprocess, task: str, device: torch.device,
+            batch_size: int = 512) -> np.ndarray:
+    """Probabilities (softmax, or sigmoid for multi-label) for uint8 images resident on the device."""
+    model.eval()
+    with torch.inference_mode(), autocast(device):
+        logits = torch.cat([model(prep(images[i : i + batch_size])).float() for i in range(0, len(images), batch_size)])
+    return scores_from_logits(logits, task).cpu().numpy()
+
+
+def evaluate_model(model: nn.Module, data: MedMNISTData, image_size: int, device: torch.device, run: Path,
+                   config: dict) -> dict:
+    """Write metrics.json and test_scores.npy into `run`; returns the metrics."""
+    prep = Preprocess(image_size, MEDMNIST_MEAN, MEDMNIST_STD, device)
+    metrics: dict = {}
+    for split in ("test", "val"):
+        scores = predict(model, to_device(data.splits[split].images, device), prep, data.task, device)
+        metrics[split] = evaluate_scores(data.splits[split].labels, scores, data.task)
+        if split == "test":
+            write_npy(run / "test_scores.npy", scores)
+    write_json(run / "metrics.json", {**metrics, "config": config})
+    return metrics
+
+
+def evaluate_run(run: Path, device: str = "auto", root: Path | None = None) -> dict:
+    """Recompute a finished run's metrics from its best.pt."""
+    run = Path(run)
+    for name in ("config.json", "best.pt"):
+        if not (run / name).is_file():
+            raise MedalError(f"{run} is not a finished medal run (no {name}).")
+    config = read_json(run / "config.json")
+    dev = resolve_device(device)
+    data = load_dataset(config["dataset"], root or Path(config["data_root"]), config["size"])
+    if data.fingerprint() != config["data_fingerprint"]:
+        raise MedalError(f"the data in {data.path} is not the data {run} was trained on (fingerprint differs).")
+    model = build_student(config["student"], data.num_outputs)
+    model.load_state_dict(torch.load(run / "best.pt", map_location="cpu")["model"])
+    return evaluate_model(model.to(dev), data, config["image_size"], dev, run, config)
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    """A markdown table of (name, {"test": {...}, "val": {...}}) rows."""
+    lines = ["| run | test AUC | test ACC | val AUC | val ACC |", "|---|---|---|---|---|"]
+    for name, m in rows:
+        lines.append(f"| {name} | {m['test']['auc']:.4f} | {m['test']['acc']:.4f} | {m['val']['auc']:.4f} | {m['val']['acc']:.4f} |")
+    return "\n".join(lines)

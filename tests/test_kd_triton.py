@@ -1,0 +1,212 @@
+"""The fused Triton distillation kernel against the independent float64 reference.
+
+On CPU the kernel runs under Triton's interpreter (TRITON_INTERPRET=1), which must be
+set before triton is first imported; pytest has usually imported torch and triton by
+then, so the comparison runs in a fresh interpreter: this very file run as a script
+(`python tests/test_kd_triton.py multi-class`), which prints a JSON summary. On a CUDA
+machine the `gpu` tests run the compiled kernel in-process.
+
+Tolerances (kernel vs reference evaluated in float64 on the same, already-rounded inputs;
+max|grad| is floored at the un-cancelled gradient size, 2.5 * (alpha + (1 - alpha) t) / n):
+  loss, every dtype:     rtol 2e-5, atol 1e-6 (the kernel computes in fp32 whatever the input)
+  gradient fp32:         max error <= 1e-5 * max|grad|
+  gradient fp16:         max error <= 1e-3 * max|grad| (stored in fp32, one rounding to fp16 at the end)
+  gradient bf16:         max error <= 1.2e-2 * max|grad| (stored in bf16: one bf16 ulp, 2^-7 relative, as
+                         the interpreter truncates on casts where the GPU rounds to nearest, plus the
+                         half-ulp rounding of the backward's grad_output multiply)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+KINDS = ("multi-class", "multi-label")
+LOSS_RTOL, LOSS_ATOL = 2e-5, 1e-6
+GRAD_REL = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 1.2e-2}
+
+
+def _check(case, got_loss, got_grad, ref_loss, ref_grad, dtype_name: str, grad_unit: float) -> str | None:
+    """None when the kernel's loss and gradient match the reference, else a description.
+
+    Gradient errors are measured against max(max |grad|, grad_unit), grad_unit being the
+    size a gradient entry has before cancellation (e.g. sigmoid(7) - 1 loses fp32 digits).
+    """
+    import torch
+
+    if not torch.isfinite(got_loss).all() or not torch.isfinite(got_grad).all():
+        return f"{case}: non-finite loss {got_loss.item()} or gradient"
+    loss_err = abs(got_loss.double().item() - ref_loss.item())
+    if loss_err > LOSS_ATOL + LOSS_RTOL * abs(ref_loss.item()):
+        return f"{case}: loss {got_loss.item()!r} vs reference {ref_loss.item()!r}"
+    scale = max(ref_grad.abs().max().item(), grad_unit)
+    grad_err = (got_grad.double().cpu() - ref_grad.cpu()).abs().max().item()
+    if grad_err > GRAD_REL[dtype_name] * scale + 1e-10:
+        return f"{case}: gradient max error {grad_err:.3g} vs max |grad| {scale:.3g}"
+    return None
+
+
+def run_cases(kind: str, device: str = "cpu", big: bool = False) -> dict:
+    """Compare kernel and reference over the case grid of one task kind; returns a summary."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from test_kd_loss import ALPHAS, LOGIT_KINDS, TEMPERATURES, make_case, reference_kd_loss
+
+    from medal.kernels.kd_triton import KDLossFunction
+
+    multi_label = kind == "multi-label"
+    grid = list(itertools.product(TEMPERATURES, ALPHAS))
+    cases = []  # (logit kind, B, C, dtype, t, alpha, max_block_c)
+    # fp32: every (t, alpha) for every width, batch size and logit kind.
+    for c, b, logits in itertools.product((2, 7, 14, 1000), (1, 3, 33), LOGIT_KINDS):
+        cases += [(logits, b, c, torch.float32, t, alpha, None) for t, alpha in grid]
+    # Column-tile loop (C above the tile cap), forced with a small cap.
+    for c, logits in itertools.product((1000, 3000), LOGIT_KINDS):
+        cases += [(logits, 3, c, torch.float32, t, alpha, 256) for t, alpha in [(0.5, 0.2), (8.0, 0.0), (1.0, 1.0)]]
+    # Half precisions: every logit kind, a spread of (t, alpha).
+    for dtype, c, logits in itertools.product((torch.bfloat16, torch.float16), (7, 1000), LOGIT_KINDS):
+        cases += [(logits, b, c, dtype, t, alpha, None) for b, (t, alpha) in zip((33, 1, 3), grid[1::4])]
+    if big:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            cases += [("random", 4096, 1000, dtype, 2.0, 0.2, None), ("extreme", 4096, 1000, dtype, 0.5, 0.2, None)]
+            cases += [("random", 4096, 14, dtype, 8.0, 0.2, None), ("one-hot-teacher", 65536, 8, dtype, 1.0, 0.0, None)]
+
+    failures = []
+    for n, (logits, b, c, dtype, t, alpha, max_block_c) in enumerate(cases):
+        s, z_t, y = make_case(logits, b, c, multi_label, seed=n, dtype=dtype, device=device)
+        s.requires_grad_(True)
+        z_t.requires_grad_(True)
+        extra = () if max_block_c is None else (max_block_c,)
+        loss = KDLossFunction.apply(s, z_t, y, t, alpha, multi_label, *extra)
+        (2.5 * loss).backward()  # a non-unit grad_output must scale the saved gradient
+        s_ref = s.detach().double().requires_grad_(True)
+        ref = reference_kd_loss(s_ref, z_t.detach(), y, t, alpha, multi_label)
+        (2.5 * ref).backward()
+        name = str(dtype).removeprefix("torch.")
+        case = f"{kind} {logits} B={b} C={c} {name} t={t} alpha={alpha} tile_cap={max_block_c}"
+        unit = 2.5 * (alpha + (1 - alpha) * t) / (b * c if multi_label else b)
+        problem = _check(case, loss, s.grad, ref.detach(), s_ref.grad, name, unit)
+        if problem is None and (s.grad.dtype != dtype or loss.dtype != torch.float32 or z_t.grad is not None):
+            problem = f"{case}: grad dtype {s.grad.dtype}, loss dtype {loss.dtype}, teacher grad {z_t.grad is not None}"
+        if problem:
+            failures.append(problem)
+    return {"cases": len(cases), "failures": failures}
+
+
+def run_dispatch_check() -> list[str]:
+    """`kd_loss` with MEDAL_KD_KERNEL=triton reaches the kernel (the interpreter runs CPU tensors)."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from test_kd_loss import make_case, reference_kd_loss
+
+    from medal.kd_loss import kd_loss
+
+    os.environ["MEDAL_KD_KERNEL"] = "triton"
+    s, z_t, y = make_case("random", 5, 9, False, seed=1)
+    s.requires_grad_(True)
+    loss = kd_loss(s, z_t, y, t=1, alpha=0.2)  # int t: converted to float, no specialisation
+    ref = reference_kd_loss(s, z_t, y, 1.0, 0.2, False)
+    problems = []
+    if loss.grad_fn is None or "KDLossFunction" not in type(loss.grad_fn).__name__:
+        problems.append(f"kd_loss did not dispatch to the kernel: grad_fn {loss.grad_fn}")
+    if abs(loss.item() - ref.item()) > 1e-5 * abs(ref.item()):
+        problems.append(f"dispatched loss {loss.item()} vs reference {ref.item()}")
+    with torch.no_grad():
+        nograd = kd_loss(s, z_t, y, t=1.0, alpha=0.2)
+    if abs(nograd.item() - loss.item()) > 0:
+        problems.append("loss under no_grad differs")
+    return problems
+
+
+def _interpreter_run(kind: str) -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("MEDAL_KD_KERNEL", None)
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore::RuntimeWarning", str(Path(__file__)), kind],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", KINDS)
+def test_kernel_matches_reference_under_interpreter(kind: str) -> None:
+    summary = _interpreter_run(kind)
+    assert summary["interpreted"], "TRITON_INTERPRET did not reach the subprocess"
+    assert summary["cases"] >= 600
+    assert not summary["failures"], "\n".join(summary["failures"][:20])
+    if kind == "multi-class":
+        assert not summary["dispatch"], "\n".join(summary["dispatch"])
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", KINDS)
+def test_kernel_matches_reference_on_cuda(kind: str) -> None:
+    summary = run_cases(kind, device="cuda", big=True)
+    assert not summary["failures"], "\n".join(summary["failures"][:20])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="needs a CUDA device")
+def test_temperature_alpha_and_batch_do_not_recompile() -> None:
+    import torch
+
+    from medal.kernels import kd_triton
+
+    s = torch.randn(256, 1000, device="cuda", requires_grad=True)
+    z_t = torch.randn(256, 1000, device="cuda")
+    y = torch.randint(0, 1000, (256,), device="cuda")
+    kd_triton.kd_loss_triton(s, z_t, y, t=2.0, alpha=0.5).backward()
+    try:
+        cache = kd_triton._kd_multiclass_kernel.device_caches[torch.cuda.current_device()][0]
+    except (AttributeError, KeyError, IndexError, TypeError):
+        pytest.skip("this Triton version keeps its kernel cache elsewhere")
+    before = len(cache)
+    for t, alpha in itertools.product((0.5, 1, 3.0, 8.0), (0.0, 0.3, 1)):
+        kd_triton.kd_loss_triton(s, z_t, y, t=t, alpha=alpha).backward()
+    for b in (1, 17, 255):  # nor does a short last batch
+        kd_triton.kd_loss_triton(s[:b], z_t[:b], y[:b], t=2.0, alpha=0.5).backward()
+    torch.cuda.synchronize()
+    assert len(cache) == before, f"{len(cache) - before} extra compiled variants for new t / alpha / batch values"
+
+
+if __name__ == "__main__":
+    # Worker: run with TRITON_INTERPRET=1 in the environment, before triton is imported.
+    import warnings
+
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # NaN in masked-off lanes under numpy
+    start = time.perf_counter()
+    result = run_cases(sys.argv[1])
+    if sys.argv[1] == "multi-class":
+        result["dispatch"] = run_dispatch_check()
+    from triton import knobs
+
+    result["interpreted"] = bool(getattr(knobs.runtime, "interpret", os.environ.get("TRITON_INTERPRET") == "1"))
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(result))
