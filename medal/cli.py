@@ -44,6 +44,7 @@ def cache_teacher(
     image_size: int = typer.Option(224, "--image-size", help="Pixels the teacher sees (multiple of 14)."),
     batch_size: int = typer.Option(256, "--batch-size", help="Teacher forward batch size."),
     head_epochs: int = typer.Option(100, "--head-epochs", help="Epochs of linear-head training on the cached features."),
+    chunk_rows: int = typer.Option(4096, "--chunk-rows", help="Samples per Zarr chunk (and per rank's unit of work under torchrun)."),
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
     force: bool = typer.Option(False, "--force", help="Recompute even if an up-to-date cache exists."),
@@ -55,7 +56,10 @@ def cache_teacher(
     head = HeadRecipe(epochs=head_epochs)
     result = run_cache_teacher(CacheConfig(dataset=dataset, teacher=teacher, weights=weights, root=root, size=size,
                                            image_size=image_size, batch_size=batch_size, device=device,
-                                           cache_dir=cache_dir, force=force, head=head))
+                                           cache_dir=cache_dir, force=force, chunk_rows=chunk_rows,
+                                           head=head))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     attrs = result.cache.attrs
     if as_json:
         print(json.dumps({"key": result.cache.key, "path": str(result.cache.path), "created": result.created, **attrs}, indent=2))
@@ -78,6 +82,8 @@ def distill(
     t: float = typer.Option(2.0, "--t", help="Distillation temperature, > 0 (paper's best: 2)."),
     alpha: float = typer.Option(0.2, "--alpha", help="Weight of CE; 1 - alpha weighs the KL term. --alpha 1 is the plain CE baseline (no cache needed)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Which cached teacher, when several are cached for the dataset."),
+    teachers: Optional[str] = typer.Option(None, "--teachers", help="Several cached teachers, comma-separated: CA-MKD-style confidence-weighted distillation."),
+    cache_key: Optional[str] = typer.Option(None, "--cache-key", help="Exactly which cache to use (see `medal cache ls`)."),
     student: str = typer.Option("resnet50", "--student", help="timm model name of the student (resnet50, seresnet50, skresnet34, ...)."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Start the student from ImageNet weights (off in the paper)."),
     epochs: int = typer.Option(100, "--epochs"),
@@ -87,6 +93,7 @@ def distill(
     patience: int = typer.Option(0, "--patience", help="Stop after this many epochs without a better val AUC (0: never; the best epoch is kept either way)."),
     seed: int = typer.Option(0, "--seed"),
     image_size: int = typer.Option(224, "--image-size", help="Pixels the student sees."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the student (pays off on long GPU runs)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<dataset>_<student>_<method>_s<seed>)."),
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
@@ -97,12 +104,15 @@ def distill(
     from medal.pipeline.distill import DistillConfig, run_distill
     from medal.pipeline.evaluate import format_table
 
-    cfg = DistillConfig(dataset=dataset, root=root, t=t, alpha=alpha, teacher=teacher, student=student,
+    names = tuple(n.strip() for n in teachers.split(",") if n.strip()) if teachers else ()
+    cfg = DistillConfig(dataset=dataset, root=root, t=t, alpha=alpha, teacher=teacher, teachers=names,
+                        cache_key=cache_key, compile=compile, student=student,
                         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
                         milestones=_milestones(milestones), patience=patience, seed=seed, image_size=image_size,
                         out=out, device=device, cache_dir=cache_dir, force=force)
     run = run_distill(cfg)
-    _print_metrics(run, as_json, format_table)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_metrics(run, as_json, format_table)
 
 
 def _print_metrics(run: Path, as_json: bool, format_table) -> None:
@@ -170,6 +180,95 @@ def demo(
     from medal.demo import run_demo
 
     run_demo(out=out, weights=weights, epochs=epochs, image_size=image_size, device=device)
+
+
+@app.command()
+def sweep(
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset flag; may be omitted when exactly one dataset is cached."),
+    t: str = typer.Option("2", "--t", help="Temperatures: a list (1,2,5), a range (1:9, step 1) or START:END:STEP."),
+    alpha: str = typer.Option("0.2", "--alpha", help="CE weights in [0, 1], same syntax (0.1:0.9:0.1); 1 is the CE baseline."),
+    seeds: str = typer.Option("0", "--seeds", help="Seeds, same syntax (0,1,2 or 0:2)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Which cached teacher, when several are cached for the dataset."),
+    teachers: Optional[str] = typer.Option(None, "--teachers", help="Several cached teachers, comma-separated: CA-MKD at every point."),
+    student: str = typer.Option("resnet50", "--student", help="timm model name of the student."),
+    epochs: int = typer.Option(100, "--epochs"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
+    milestones: str = typer.Option("50,75", "--milestones", help="Epochs at which the lr is multiplied by 0.1."),
+    patience: int = typer.Option(0, "--patience", help="Early-stopping patience in epochs (0: never)."),
+    image_size: int = typer.Option(224, "--image-size", help="Pixels the student sees."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run directories go, one per point."),
+    jobs: int = typer.Option(1, "--jobs", help="Points trained at once, each in its own process (for one GPU with spare memory)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory (default: where the cached data came from)."),
+    device: str = DeviceOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Distil at every (t, alpha, seed) of a grid against one cache; finished points are skipped."""
+    from medal.pipeline.distill import DistillConfig
+    from medal.pipeline.evaluate import format_table
+    from medal.pipeline.sweep import SweepConfig, parse_values, run_sweep
+
+    grid = SweepConfig(ts=parse_values(t, "--t"), alphas=parse_values(alpha, "--alpha"),
+                       seeds=parse_values(seeds, "--seeds", integer=True), jobs=jobs,
+                       base=DistillConfig(dataset=dataset, root=root, teacher=teacher, student=student, epochs=epochs,
+                                          teachers=tuple(n.strip() for n in (teachers or "").split(",") if n.strip()),
+                                          batch_size=batch_size, lr=lr, milestones=_milestones(milestones),
+                                          patience=patience, image_size=image_size, runs_dir=runs_dir, device=device,
+                                          cache_dir=cache_dir))
+    results = run_sweep(grid)
+    if as_json:
+        print(json.dumps([{"run": str(run), "test": m["test"], "val": m["val"]} for run, m in results], indent=2))
+    else:
+        print(format_table([(str(run), m) for run, m in results]))
+
+
+@app.command()
+def report(
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Directory holding finished run directories (searched recursively)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where the tables and figures go (default RUNS/report)."),
+    cache_dir: Optional[Path] = CacheDirOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The paper's Table 2 and Table 4 / Figure 4 from finished runs, the paper's numbers beside ours."""
+    from medal.pipeline.report import run_report
+
+    result = run_report(runs, out, cache_dir)
+    if as_json:
+        print(json.dumps({"out": str(result.out), "table2": result.table2, "table4": result.table4,
+                          "figure4": result.figure4, "plots": [str(p) for p in result.plots]}, indent=2))
+    else:
+        print(result.markdown())
+        print(f"\nwritten to {result.out}")
+
+
+@app.command()
+def tsne(
+    run: Path = typer.Argument(..., help="A finished run directory."),
+    split: str = typer.Option("test", "--split", help="train, val or test."),
+    max_points: int = typer.Option(2000, "--max-points", help="At most this many samples (a fixed random subset)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="A CE-baseline run of the same data, shown beside."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG path (default RUN/tsne_SPLIT.png); the 2-D points go beside as .npz."),
+    device: str = DeviceOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
+) -> None:
+    """Figure 5: t-SNE of the student's penultimate features beside the teacher's cached CLS features."""
+    from medal.pipeline.figures import run_tsne
+
+    print(run_tsne(run, split=split, max_points=max_points, out=out, baseline=baseline, caches=cache_dir, device=device))
+
+
+@app.command()
+def cam(
+    run: Path = typer.Argument(..., help="A finished run directory."),
+    n: int = typer.Option(8, "--n", help="How many test images (the first n)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG path (default RUN/gradcam.png)."),
+    device: str = DeviceOpt,
+) -> None:
+    """Figure 6: Grad-CAM heatmaps of the student's last stage on test images, with predicted and true labels."""
+    from medal.pipeline.figures import run_cam
+
+    print(run_cam(run, n=n, out=out, device=device))
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def run_demo(out: Path, weights: Path | None, epochs: int, image_size: int, devi
     log(f"[2/3] distillation: resnet50 student, t=2, alpha=0.2, {epochs} epochs at {image_size}px")
     cfg = DistillConfig(dataset=DEMO_DATASET, t=2.0, alpha=0.2, epochs=epochs, batch_size=32,
                         milestones=(max(1, epochs // 2), max(1, 3 * epochs // 4)), image_size=image_size,
-                        out=out / "run", device=device, cache_dir=cache_dir, force=True, extra={"cache": cache})
+                        out=out / "run", device=device, cache_dir=cache_dir, force=True, cache_key=cache.key)
     run = run_distill(cfg)
 
     log("[3/3] evaluation (MedMNIST's official AUC/ACC)")

@@ -8,9 +8,12 @@ machine the `gpu` tests run the compiled kernel in-process.
 
 Tolerances (kernel vs reference evaluated in float64 on the same, already-rounded inputs;
 max|grad| is floored at the un-cancelled gradient size, 2.5 * (alpha + (1 - alpha) t) / n):
-  loss, every dtype:     rtol 2e-5, atol 1e-6 (the kernel computes in fp32 whatever the input)
+  loss, every dtype:     rtol 2e-5, atol 1e-6 * (alpha + (1 - alpha) t^2) (fp32 compute whatever
+                         the input; the KL round-off grows with its t^2 weight, and on GPU
+                         exp / log are the fast approximate instructions)
   gradient fp32:         max error <= 1e-5 * max|grad|
-  gradient fp16:         max error <= 1e-3 * max|grad| (stored in fp32, one rounding to fp16 at the end)
+  gradient fp16:         max error <= 1e-3 * max|grad| + 2^-24 (stored in fp32, one rounding to fp16
+                         at the end; 2^-24 is fp16's subnormal step, which 1/(B C) gradients reach)
   gradient bf16:         max error <= 1.2e-2 * max|grad| (stored in bf16: one bf16 ulp, 2^-7 relative, as
                          the interpreter truncates on casts where the GPU rounds to nearest, plus the
                          half-ulp rounding of the backward's grad_output multiply)
@@ -34,24 +37,29 @@ ROOT = HERE.parent
 KINDS = ("multi-class", "multi-label")
 LOSS_RTOL, LOSS_ATOL = 2e-5, 1e-6
 GRAD_REL = {"float32": 1e-5, "float16": 1e-3, "bfloat16": 1.2e-2}
+GRAD_FLOOR = {"float16": 2.0**-24}  # fp16's smallest subnormal: 1/(B C)-sized gradients round to it
 
 
-def _check(case, got_loss, got_grad, ref_loss, ref_grad, dtype_name: str, grad_unit: float) -> str | None:
+def _check(
+    case, got_loss, got_grad, ref_loss, ref_grad, dtype_name: str, loss_unit: float, grad_unit: float
+) -> str | None:
     """None when the kernel's loss and gradient match the reference, else a description.
 
-    Gradient errors are measured against max(max |grad|, grad_unit), grad_unit being the
-    size a gradient entry has before cancellation (e.g. sigmoid(7) - 1 loses fp32 digits).
+    loss_unit = alpha + (1 - alpha) t^2 scales the absolute loss tolerance (the KL term's
+    fp32 round-off is multiplied by t^2). Gradient errors are measured against
+    max(max |grad|, grad_unit), grad_unit being the size a gradient entry has before
+    cancellation (e.g. sigmoid(7) - 1 loses fp32 digits).
     """
     import torch
 
     if not torch.isfinite(got_loss).all() or not torch.isfinite(got_grad).all():
         return f"{case}: non-finite loss {got_loss.item()} or gradient"
     loss_err = abs(got_loss.double().item() - ref_loss.item())
-    if loss_err > LOSS_ATOL + LOSS_RTOL * abs(ref_loss.item()):
+    if loss_err > LOSS_ATOL * loss_unit + LOSS_RTOL * abs(ref_loss.item()):
         return f"{case}: loss {got_loss.item()!r} vs reference {ref_loss.item()!r}"
     scale = max(ref_grad.abs().max().item(), grad_unit)
     grad_err = (got_grad.double().cpu() - ref_grad.cpu()).abs().max().item()
-    if grad_err > GRAD_REL[dtype_name] * scale + 1e-10:
+    if grad_err > GRAD_REL[dtype_name] * scale + GRAD_FLOOR.get(dtype_name, 0.0):
         return f"{case}: gradient max error {grad_err:.3g} vs max |grad| {scale:.3g}"
     return None
 
@@ -96,7 +104,7 @@ def run_cases(kind: str, device: str = "cpu", big: bool = False) -> dict:
         name = str(dtype).removeprefix("torch.")
         case = f"{kind} {logits} B={b} C={c} {name} t={t} alpha={alpha} tile_cap={max_block_c}"
         unit = 2.5 * (alpha + (1 - alpha) * t) / (b * c if multi_label else b)
-        problem = _check(case, loss, s.grad, ref.detach(), s_ref.grad, name, unit)
+        problem = _check(case, loss, s.grad, ref.detach(), s_ref.grad, name, alpha + (1 - alpha) * t * t, unit)
         if problem is None and (s.grad.dtype != dtype or loss.dtype != torch.float32 or z_t.grad is not None):
             problem = f"{case}: grad dtype {s.grad.dtype}, loss dtype {loss.dtype}, teacher grad {z_t.grad is not None}"
         if problem:
@@ -201,6 +209,9 @@ if __name__ == "__main__":
     import warnings
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # NaN in masked-off lanes under numpy
+    import torch
+
+    torch.set_num_threads(1)  # tiny tensors: idle intra-op threads only spin against a busy machine
     start = time.perf_counter()
     result = run_cases(sys.argv[1])
     if sys.argv[1] == "multi-class":

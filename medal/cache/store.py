@@ -28,6 +28,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from medal.distributed import World
 from medal.errors import MedalError
 
 FORMAT = 1  # bump when the layout changes; older caches are then refused with a rebuild hint
@@ -113,36 +114,58 @@ class CacheWriter:
     """Writes one cache under a temporary name; `commit()` renames it into place.
 
     Used as a context manager: leaving the block without commit (an error, Ctrl-C) deletes the
-    temporary folder, so nothing half-written survives. Row blocks are written by a background
-    thread, overlapping Zarr compression with the teacher's compute.
+    temporary folder, so nothing half-written survives. Blocks are written by a background
+    thread, overlapping Zarr compression with the teacher's compute. Under torchrun every rank
+    opens the same temporary group (rank 0 creates it) and writes whole chunks of its own.
     """
 
-    def __init__(self, root: Path, key: str):
-        self.root = Path(root)
+    def __init__(self, root: Path, key: str, world: World = World()):
+        self.root, self.world = Path(root), world
         self.final = self.root / f"{key}.zarr"
-        self.tmp = self.root / f".{key}.zarr.partial-{os.getpid()}"
+        self.tmp = self.root / f".{key}.zarr.partial-{world.broadcast(os.getpid())}"
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._pending: list[Future] = []
 
     def __enter__(self) -> "CacheWriter":
-        self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(f".{self.final.stem}.zarr.partial-*"):  # left by an interrupted run
-            shutil.rmtree(stale, ignore_errors=True)
-        self.group = zarr.open_group(self.tmp, mode="w", zarr_format=3)
+        if self.world.main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob(f".{self.final.stem}.zarr.partial-*"):  # left by an interrupted run
+                shutil.rmtree(stale, ignore_errors=True)
+            self.group = zarr.open_group(self.tmp, mode="w", zarr_format=3)
+        self.world.barrier()
+        if not self.world.main:
+            self.group = zarr.open_group(self.tmp, mode="r+")
         return self
 
-    def create(self, name: str, shape: tuple[int, ...], dtype: str) -> zarr.Array:
-        chunks = (min(CHUNK_ROWS, max(shape[0], 1)),) + tuple(shape[1:])
-        return self.group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=COMPRESSOR)
+    def create(self, name: str, shape: tuple[int, ...], dtype: str, chunk_rows: int = CHUNK_ROWS) -> None:
+        """Rank 0 creates the array; every rank may write to it after the barrier."""
+        if self.world.main:
+            chunks = (min(chunk_rows, max(shape[0], 1)),) + tuple(shape[1:])
+            self.group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=COMPRESSOR)
+        self.world.barrier()
 
     def write(self, name: str, start: int, block: np.ndarray) -> None:
         """Queue rows [start, start + len(block)) of array `name` for writing."""
         self._drain(limit=4)
-        self._pending.append(self._pool.submit(self.group[name].__setitem__, slice(start, start + len(block)), block))
+        self._pending.append(self._pool.submit(self._setitem, name, slice(start, start + len(block)), block))
+
+    def _setitem(self, name: str, rows: slice, block: np.ndarray) -> None:
+        zarr.open_array(self.tmp / name, mode="r+")[rows] = block
+
+    def read(self, name: str) -> np.ndarray:
+        """An array as written so far by all ranks (call after sync())."""
+        return zarr.open_array(self.tmp / name, mode="r")[...]
 
     def put(self, name: str, array: np.ndarray) -> None:
-        self.create(name, array.shape, str(array.dtype))
+        """A whole array at once (rank 0 only: used for logits, labels and the head)."""
+        chunks = (min(CHUNK_ROWS, max(array.shape[0], 1)),) + tuple(array.shape[1:])
+        self.group.create_array(name, shape=array.shape, chunks=chunks, dtype=array.dtype, compressors=COMPRESSOR)
         self.write(name, 0, array)
+
+    def sync(self) -> None:
+        """Every queued write finished, on every rank."""
+        self._drain()
+        self.world.barrier()
 
     def _drain(self, limit: int = 0) -> None:
         while len(self._pending) > limit:
@@ -160,7 +183,7 @@ class CacheWriter:
         for future in self._pending:
             future.cancel()
         self._pool.shutdown(wait=True)
-        if self.tmp.exists():
+        if self.world.main and self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise MedalError(f"the disk under {self.root} is full; nothing was cached (free space or pass --cache-dir).") from None

@@ -55,33 +55,43 @@ def _row_stats(x, m, z):
 
 
 @triton.jit
-def _multiclass_tile(s, tt, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n):
+def _load_tile(s_ptr, t_ptr, base, cols, row_ok, n_cols):
+    """fp32 student and teacher tiles; padded columns are -inf, padded rows read zeros
+    (finite row stats, never stored)."""
+    col_ok = (cols < n_cols)[None, :]
+    ok = row_ok[:, None] & col_ok
+    s = tl.load(s_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    tt = tl.load(t_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    return tl.where(col_ok, s, float("-inf")), tl.where(col_ok, tt, float("-inf")), col_ok, ok
+
+
+@triton.jit
+def _multiclass_tile(
+    s, e_s, q_in, e_q, r_in, e_r, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n
+):
     """Loss partial (per row) and gradient of one (BLOCK_B, BLOCK_C) tile, given row stats.
 
-    `s` and `tt` are fp32 student and teacher logits with -inf in padded columns; the
-    stats are the full-row max / sum-exp of s, s / temp and tt / temp.
+    q_in = s / t and r_in = teacher / t; e_* = exp(x - m_*) of each, z_* the full-row sums.
     """
-    q_in = s / temp
-    r_in = tt / temp
-    p = tl.exp(s - m_s[:, None]) / z_s[:, None]
-    log_q = (q_in - m_q[:, None]) - tl.log(z_q)[:, None]
-    log_r = (r_in - m_r[:, None]) - tl.log(z_r)[:, None]
-    q = tl.exp(log_q)
-    r = tl.exp(log_r)
+    p = e_s * (1.0 / z_s)[:, None]
+    q = e_q * (1.0 / z_q)[:, None]
+    r = e_r * (1.0 / z_r)[:, None]
+    log_z_s = tl.log(z_s)
     hit = cols[None, :] == y[:, None]
     # CE = lse(s) - s[y] = (m - s[y]) + log Z, summed over the tile's single hit column.
-    ce = tl.sum(tl.where(hit, (m_s[:, None] - s) + tl.log(z_s)[:, None], 0.0), axis=1)
-    kl = tl.sum(tl.where(col_ok, r * (log_r - log_q), 0.0), axis=1)
+    ce = tl.sum(tl.where(hit, (m_s[:, None] - s) + log_z_s[:, None], 0.0), axis=1)
+    # log r - log q = (r_in - m_r) - (q_in - m_q) + log(z_q / z_r): max-shifted, no lse rounding.
+    log_ratio = (r_in - m_r[:, None]) - (q_in - m_q[:, None]) + (tl.log(z_q) - tl.log(z_r))[:, None]
+    kl = tl.sum(tl.where(col_ok, r * log_ratio, 0.0), axis=1)
     loss = (alpha * ce + (1.0 - alpha) * temp * temp * kl) * inv_n
-    onehot = tl.where(hit, 1.0, 0.0)
-    grad = (alpha * (p - onehot) + (1.0 - alpha) * temp * (q - r)) * inv_n
+    grad = (alpha * (p - tl.where(hit, 1.0, 0.0)) + (1.0 - alpha) * temp * (q - r)) * inv_n
     return loss, grad
 
 
 @triton.jit(do_not_specialize=["n_rows"])  # a short last batch must not recompile
 def _kd_multiclass_kernel(
     s_ptr, t_ptr, y_ptr, loss_ptr, grad_ptr,
-    n_rows, n_cols, temp, alpha, inv_n,
+    n_rows, n_cols, temp, inv_temp, alpha, inv_n,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, NUM_TILES: tl.constexpr,
 ):
     """One program: BLOCK_B rows of softmax CE + temperature KL, loss partials and gradient."""
@@ -89,48 +99,52 @@ def _kd_multiclass_kernel(
     row_ok = rows < n_rows
     base = rows.to(tl.int64)[:, None] * n_cols
     y = tl.load(y_ptr + rows, mask=row_ok, other=0)
-    neg_inf = float("-inf")
     if NUM_TILES == 1:
+        # The whole row is in registers: one exp per softmax and element.
         cols = tl.arange(0, BLOCK_C)
-        col_ok = (cols < n_cols)[None, :]
-        ok = row_ok[:, None] & col_ok
-        # Padded rows read zeros (finite stats, never stored); padded columns are -inf.
-        s = tl.where(col_ok, tl.load(s_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
-        tt = tl.where(col_ok, tl.load(t_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
+        s, tt, col_ok, ok = _load_tile(s_ptr, t_ptr, base, cols, row_ok, n_cols)
+        q_in = s * inv_temp
+        r_in = tt * inv_temp
         m_s = tl.max(s, axis=1)
-        z_s = tl.sum(tl.exp(s - m_s[:, None]), axis=1)
-        m_q = tl.max(s / temp, axis=1)
-        z_q = tl.sum(tl.exp(s / temp - m_q[:, None]), axis=1)
-        m_r = tl.max(tt / temp, axis=1)
-        z_r = tl.sum(tl.exp(tt / temp - m_r[:, None]), axis=1)
-        loss, grad = _multiclass_tile(s, tt, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n)
+        m_q = tl.max(q_in, axis=1)
+        m_r = tl.max(r_in, axis=1)
+        e_s = tl.exp(s - m_s[:, None])
+        e_q = tl.exp(q_in - m_q[:, None])
+        e_r = tl.exp(r_in - m_r[:, None])
+        z_s = tl.sum(e_s, axis=1)
+        z_q = tl.sum(e_q, axis=1)
+        z_r = tl.sum(e_r, axis=1)
+        loss, grad = _multiclass_tile(
+            s, e_s, q_in, e_q, r_in, e_r, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n
+        )
         tl.store(grad_ptr + base + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=ok)
     else:
         # Pass 1: online max / sum-exp of the three softmaxes over all column tiles.
-        m_s = tl.full((BLOCK_B,), neg_inf, tl.float32)
-        m_q = tl.full((BLOCK_B,), neg_inf, tl.float32)
-        m_r = tl.full((BLOCK_B,), neg_inf, tl.float32)
+        m_s = tl.full((BLOCK_B,), float("-inf"), tl.float32)
+        m_q = tl.full((BLOCK_B,), float("-inf"), tl.float32)
+        m_r = tl.full((BLOCK_B,), float("-inf"), tl.float32)
         z_s = tl.zeros((BLOCK_B,), tl.float32)
         z_q = tl.zeros((BLOCK_B,), tl.float32)
         z_r = tl.zeros((BLOCK_B,), tl.float32)
         for i in range(NUM_TILES):
             cols = i * BLOCK_C + tl.arange(0, BLOCK_C)
-            col_ok = (cols < n_cols)[None, :]
-            ok = row_ok[:, None] & col_ok
-            s = tl.where(col_ok, tl.load(s_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
-            tt = tl.where(col_ok, tl.load(t_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
+            s, tt, col_ok, ok = _load_tile(s_ptr, t_ptr, base, cols, row_ok, n_cols)
             m_s, z_s = _row_stats(s, m_s, z_s)
-            m_q, z_q = _row_stats(s / temp, m_q, z_q)
-            m_r, z_r = _row_stats(tt / temp, m_r, z_r)
+            m_q, z_q = _row_stats(s * inv_temp, m_q, z_q)
+            m_r, z_r = _row_stats(tt * inv_temp, m_r, z_r)
         # Pass 2: loss partials and gradient, tile by tile.
         loss = tl.zeros((BLOCK_B,), tl.float32)
         for i in range(NUM_TILES):
             cols = i * BLOCK_C + tl.arange(0, BLOCK_C)
-            col_ok = (cols < n_cols)[None, :]
-            ok = row_ok[:, None] & col_ok
-            s = tl.where(col_ok, tl.load(s_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
-            tt = tl.where(col_ok, tl.load(t_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32), neg_inf)
-            part, grad = _multiclass_tile(s, tt, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n)
+            s, tt, col_ok, ok = _load_tile(s_ptr, t_ptr, base, cols, row_ok, n_cols)
+            q_in = s * inv_temp
+            r_in = tt * inv_temp
+            e_s = tl.exp(s - m_s[:, None])
+            e_q = tl.exp(q_in - m_q[:, None])
+            e_r = tl.exp(r_in - m_r[:, None])
+            part, grad = _multiclass_tile(
+                s, e_s, q_in, e_q, r_in, e_r, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n
+            )
             loss += part
             tl.store(grad_ptr + base + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=ok)
     tl.store(loss_ptr + rows, loss, mask=row_ok)
@@ -153,7 +167,7 @@ def _sigmoid(x):
 @triton.jit(do_not_specialize=["n_rows"])  # a short last batch must not recompile
 def _kd_multilabel_kernel(
     s_ptr, t_ptr, y_ptr, loss_ptr, grad_ptr,
-    n_rows, n_cols, temp, alpha, inv_n,
+    n_rows, n_cols, temp, inv_temp, alpha, inv_n,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, NUM_TILES: tl.constexpr,
 ):
     """One program: BLOCK_B rows of BCE-with-logits + Bernoulli KL at temperature t."""
@@ -172,8 +186,8 @@ def _kd_multilabel_kernel(
         bce = tl.maximum(s, 0.0) - s * y + _softplus_neg_abs(s)
         # Bernoulli KL(r || q), r = sigmoid(tt / t), q = sigmoid(s / t), in log-sigmoid form:
         # log sigmoid(x) = min(x, 0) - sp(x), log sigmoid(-x) = min(-x, 0) - sp(x).
-        a = s / temp
-        b = tt / temp
+        a = s * inv_temp
+        b = tt * inv_temp
         sp_a = _softplus_neg_abs(a)
         sp_b = _softplus_neg_abs(b)
         r = _sigmoid(b)
@@ -193,6 +207,11 @@ def _block_sizes(n_cols: int, max_block_c: int) -> tuple[int, int, int]:
     block_c = min(triton.next_power_of_2(n_cols), triton.next_power_of_2(max_block_c))
     block_b = max(1, min(MAX_BLOCK_B, ELEMS_PER_PROGRAM // block_c))
     return block_b, block_c, triton.cdiv(n_cols, block_c)
+
+
+def _num_warps(tile_elems: int) -> int:
+    """Warps per program: 4 for small tiles, 8 from 4096 elements on."""
+    return 8 if tile_elems >= 4096 else 4
 
 
 def kd_forward(
@@ -226,9 +245,9 @@ def kd_forward(
     grid = (triton.cdiv(n_rows, block_b),)
     kernel[grid](
         s, tch, y, partial, grad,
-        n_rows, n_cols, float(t), float(alpha), float(inv_n),
+        n_rows, n_cols, float(t), 1.0 / float(t), float(alpha), float(inv_n),
         BLOCK_B=block_b, BLOCK_C=block_c, NUM_TILES=num_tiles,
-        num_warps=8 if block_b * block_c >= 4096 else 4,
+        num_warps=_num_warps(block_b * block_c),
     )
     return partial.sum(), grad
 

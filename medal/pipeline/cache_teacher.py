@@ -8,18 +8,19 @@ cache. Every later (t, alpha) run reads those logits instead of running the teac
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 import medal
-from medal.cache.store import CacheWriter, TeacherCache, cache_dir, cache_key, list_caches
+from medal.cache.store import CHUNK_ROWS, CacheWriter, TeacherCache, cache_dir, cache_key, list_caches
 from medal.data import SPLITS, MedMNISTData, check_dataset, load_dataset
 from medal.errors import MedalError
+from medal.log import log
 from medal.device import autocast, resolve_device
+from medal.distributed import World, init_world
 from medal.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, to_device
 from medal.metrics import evaluate_scores, scores_from_logits
 from medal.models import check_teacher, check_teacher_image_size, feature_dim, load_teacher, weights_id
@@ -38,10 +39,8 @@ class CacheConfig:
     device: str = "auto"
     cache_dir: Path | None = None
     force: bool = False
-    head: HeadRecipe = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        self.head = self.head or HeadRecipe()
+    chunk_rows: int = CHUNK_ROWS
+    head: HeadRecipe = field(default_factory=HeadRecipe)
 
 
 @dataclass
@@ -51,13 +50,18 @@ class CacheResult:
 
 
 def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
-    """Build (or find) the cache for cfg; every check that can fail runs before any write."""
+    """Build (or find) the cache for cfg; every check that can fail runs before any write.
+
+    Under torchrun each rank runs the backbone over its own whole chunks of every split;
+    rank 0 then trains the head on all features, writes the logits and renames the cache.
+    """
     check_dataset(cfg.dataset)
     check_teacher(cfg.teacher)
     check_teacher_image_size(cfg.image_size)
     if cfg.weights is not None and not Path(cfg.weights).is_file():
         raise MedalError(f"weights file {cfg.weights} does not exist.")
-    device = resolve_device(cfg.device)
+    world = init_world(resolve_device(cfg.device))
+    device = world.device(resolve_device(cfg.device))
     data = load_dataset(cfg.dataset, cfg.root, cfg.size)
     wid = weights_id(cfg.teacher, cfg.weights)
     root = cache_dir(cfg.cache_dir)
@@ -66,45 +70,63 @@ def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
     if existing and not cfg.force:
         if existing[0].attrs.get("data_fingerprint") == data.fingerprint():
             return CacheResult(existing[0], created=False)
+        log(f"cache {key} was computed from other data than {data.path}; recomputing it")
     teacher = load_teacher(cfg.teacher, cfg.weights, cfg.image_size).to(device)
 
-    with CacheWriter(root, key) as writer:
-        features = {s: teacher_features(teacher, data, s, cfg, device, writer) for s in SPLITS}
-        targets = torch.as_tensor(data.targets("train"), device=device)
-        head, chosen = train_linear_head(
-            features, targets, data.splits["val"].labels, data.task, data.multi_label, data.num_outputs, cfg.head
-        )
-        metrics = {}
+    with CacheWriter(root, key, world) as writer:
         for split in SPLITS:
-            logits = head_logits(head, features[split])
-            writer.put(f"{split}/logits", logits.float().cpu().numpy())
-            writer.put(f"{split}/labels", data.splits[split].labels)
-            scores = scores_from_logits(logits, data.task).cpu().numpy()
-            metrics[split] = evaluate_scores(data.splits[split].labels, scores, data.task)
-        writer.put("head/weight", head.weight.detach().float().cpu().numpy())
-        writer.put("head/bias", head.bias.detach().float().cpu().numpy())
-        cache = writer.commit(provenance(cfg, data, wid, feature_dim(teacher), metrics, chosen["epoch"]))
-    return CacheResult(cache, created=True)
+            teacher_features(teacher, data, split, cfg, device, writer, world)
+        writer.sync()
+        cache = None
+        if world.main:
+            features = {s: torch.as_tensor(writer.read(f"{s}/features"), device=device) for s in SPLITS}
+            cache = writer.commit(fit_head(features, data, cfg, writer, wid, feature_dim(teacher)))
+        world.barrier()
+    return CacheResult(cache or TeacherCache(writer.final), created=True)
 
 
-def teacher_features(
-    teacher: torch.nn.Module, data: MedMNISTData, split: str, cfg: CacheConfig, device: torch.device, writer: CacheWriter
-) -> torch.Tensor:
-    """CLS features of one split, kept on the device for the head and streamed to Zarr as fp16."""
-    images = to_device(data.splits[split].images, device)
-    prep = Preprocess(cfg.image_size, IMAGENET_MEAN, IMAGENET_STD, device)
+def teacher_features(teacher: torch.nn.Module, data: MedMNISTData, split: str, cfg: CacheConfig,
+                     device: torch.device, writer: CacheWriter, world: World) -> None:
+    """CLS features of one split, streamed to Zarr as fp16, one whole chunk at a time.
+
+    Batches never straddle a chunk, so a sample's feature is computed in the same batch
+    whatever the number of ranks: the cache is the same bit for bit.
+    """
+    split_images = data.splits[split].images
+    n, rows = len(split_images), cfg.chunk_rows
     name = f"{split}/features"
-    writer.create(name, (len(images), feature_dim(teacher)), "float16")
-    out = []
-    bar = tqdm(total=len(images), desc=f"teacher {split}", unit="img", unit_scale=True, leave=False)
+    writer.create(name, (n, feature_dim(teacher)), "float16", chunk_rows=rows)
+    mine = range(world.rank, -(-n // rows), world.size)  # this rank's chunk indices
+    prep = Preprocess(cfg.image_size, IMAGENET_MEAN, IMAGENET_STD, device)
+    bar = tqdm(total=sum(min(rows, n - c * rows) for c in mine), desc=f"teacher {split}", unit="img",
+               unit_scale=True, leave=False, disable=not world.main)
     with torch.inference_mode(), autocast(device):
-        for start in range(0, len(images), cfg.batch_size):
-            feats = teacher(prep(images[start : start + cfg.batch_size])).half()
-            out.append(feats)
-            writer.write(name, start, feats.cpu().numpy())
-            bar.update(len(feats))
+        for chunk in mine:
+            images = to_device(split_images[chunk * rows : (chunk + 1) * rows], device)
+            feats = []
+            for start in range(0, len(images), cfg.batch_size):
+                feats.append(teacher(prep(images[start : start + cfg.batch_size])).half())
+                bar.update(len(feats[-1]))
+            writer.write(name, chunk * rows, torch.cat(feats).cpu().numpy())
     bar.close()
-    return torch.cat(out)
+
+
+def fit_head(features: dict[str, torch.Tensor], data: MedMNISTData, cfg: CacheConfig, writer: CacheWriter,
+             wid: str, dim: int) -> dict:
+    """Train the linear head, write its raw logits for every split; returns the cache's attrs."""
+    targets = torch.as_tensor(data.targets("train"), device=features["train"].device)
+    head, chosen = train_linear_head(features, targets, data.splits["val"].labels, data.task, data.multi_label,
+                                     data.num_outputs, cfg.head)
+    metrics = {}
+    for split in SPLITS:
+        logits = head_logits(head, features[split])
+        writer.put(f"{split}/logits", logits.float().cpu().numpy())
+        writer.put(f"{split}/labels", data.splits[split].labels)
+        scores = scores_from_logits(logits, data.task).cpu().numpy()
+        metrics[split] = evaluate_scores(data.splits[split].labels, scores, data.task)
+    writer.put("head/weight", head.weight.detach().float().cpu().numpy())
+    writer.put("head/bias", head.bias.detach().float().cpu().numpy())
+    return provenance(cfg, data, wid, dim, metrics, chosen["epoch"])
 
 
 def provenance(cfg: CacheConfig, data: MedMNISTData, wid: str, dim: int, metrics: dict, head_epoch: int) -> dict:

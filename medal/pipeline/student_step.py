@@ -1,0 +1,52 @@
+"""One optimisation step of the student, shared by `distill` and the benchmarks.
+
+Everything stays on the device: the batch is gathered from the resident uint8 split by
+index, preprocessed on the device, run under bf16 autocast (CUDA), and its soft targets are
+gathered from the resident cached teacher logits by the same index. Nothing in the step
+reads a value back to the host, so the GPU is never stalled by Python.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from medal.device import autocast
+from medal.images import Preprocess
+from medal.kd_loss import kd_loss
+
+LossFn = Callable[..., torch.Tensor]
+
+
+class StudentStep:
+    """step(idx) -> detached loss; teacher logits (N, C), (K, N, C) for several teachers, or None."""
+
+    def __init__(self, student: nn.Module, optimizer: torch.optim.Optimizer, prep: Preprocess, images: torch.Tensor,
+                 targets: torch.Tensor, teacher_logits: torch.Tensor | None, *, t: float, alpha: float,
+                 multi_label: bool, device: torch.device, compile: bool = False):
+        self.student, self.optimizer, self.prep = student, optimizer, prep
+        self.images, self.targets, self.teacher = images, targets, teacher_logits
+        self.t, self.alpha, self.multi_label, self.device = t, alpha, multi_label, device
+        self.forward = torch.compile(student) if compile else student
+        self.loss_fn: LossFn = kd_loss
+        if teacher_logits is not None and teacher_logits.ndim == 3:
+            from medal.ca_mkd import ca_mkd_loss  # several teachers: confidence-aware weighting
+
+            self.loss_fn = ca_mkd_loss
+
+    def soft_targets(self, idx: torch.Tensor) -> torch.Tensor | None:
+        if self.teacher is None or self.alpha == 1:
+            return None
+        return self.teacher[:, idx] if self.teacher.ndim == 3 else self.teacher[idx]
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device):
+            logits = self.forward(self.prep(self.images[idx]))
+        loss = self.loss_fn(logits.float(), self.soft_targets(idx), self.targets[idx], t=self.t, alpha=self.alpha,
+                            multi_label=self.multi_label)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
