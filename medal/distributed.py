@@ -6,6 +6,7 @@ for a single process, so the same code path serves one GPU, several, and several
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun: a process group exists, even of one process
 
     @property
     def main(self) -> bool:
@@ -27,7 +29,7 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        return self.launched
 
     def device(self, requested: torch.device) -> torch.device:
         """Each rank takes the GPU of its local rank."""
@@ -64,13 +66,14 @@ class World:
 
 def init_world(device: torch.device) -> World:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU), or stay single."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1:
+    if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
         return World()
-    world = World(rank=int(os.environ["RANK"]), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    world = World(rank=int(os.environ["RANK"]), size=int(os.environ.get("WORLD_SIZE", "1")),
+                  local_rank=int(os.environ.get("LOCAL_RANK", "0")), launched=True)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group(backend=backend)
+        atexit.register(dist.destroy_process_group)
     return world

@@ -42,7 +42,9 @@ import triton
 import triton.language as tl
 
 MAX_BLOCK_C = 8192  # widest column tile held in registers; wider C loops over tiles
-ELEMS_PER_PROGRAM = 4096  # BLOCK_B * BLOCK_C target: enough work per program, bounded registers
+# BLOCK_B * BLOCK_C target. Measured on an H200 (B=65536, C=1000, bf16, forward kernel):
+# 1024 elements / 4 warps ran in 0.33 ms, 4096 / 8 warps in 0.69 ms; small tiles win.
+ELEMS_PER_PROGRAM = 1024
 MAX_BLOCK_B = 128
 
 
@@ -210,8 +212,8 @@ def _block_sizes(n_cols: int, max_block_c: int) -> tuple[int, int, int]:
 
 
 def _num_warps(tile_elems: int) -> int:
-    """Warps per program: 4 for small tiles, 8 from 4096 elements on."""
-    return 8 if tile_elems >= 4096 else 4
+    """Warps per program: 4 up to 2048 elements per tile (one row of C <= 2048), 8 above."""
+    return 4 if tile_elems <= 2048 else 8
 
 
 def kd_forward(

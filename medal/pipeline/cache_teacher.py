@@ -35,7 +35,7 @@ class CacheConfig:
     root: Path | None = None
     size: int = 28
     image_size: int = 224
-    batch_size: int = 256
+    batch_size: int = 512
     device: str = "auto"
     cache_dir: Path | None = None
     force: bool = False
@@ -105,10 +105,22 @@ def teacher_features(teacher: torch.nn.Module, data: MedMNISTData, split: str, c
             images = to_device(split_images[chunk * rows : (chunk + 1) * rows], device)
             feats = []
             for start in range(0, len(images), cfg.batch_size):
-                feats.append(teacher(prep(images[start : start + cfg.batch_size])).half())
+                feats.append(forward_fitting(teacher, prep, images[start : start + cfg.batch_size]))
                 bar.update(len(feats[-1]))
             writer.write(name, chunk * rows, torch.cat(feats).cpu().numpy())
     bar.close()
+
+
+def forward_fitting(teacher: torch.nn.Module, prep: Preprocess, images: torch.Tensor) -> torch.Tensor:
+    """fp16 features of a batch; on CUDA out-of-memory, the same batch again in halves."""
+    try:
+        return teacher(prep(images)).half()
+    except torch.cuda.OutOfMemoryError:
+        if len(images) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(images) // 2
+        return torch.cat([forward_fitting(teacher, prep, images[:half]), forward_fitting(teacher, prep, images[half:])])
 
 
 def fit_head(features: dict[str, torch.Tensor], data: MedMNISTData, cfg: CacheConfig, writer: CacheWriter,

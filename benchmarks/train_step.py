@@ -1,0 +1,155 @@
+"""Student training throughput: plain CE vs distillation from the cache vs online distillation.
+
+Three ways to train the same ResNet50 student on the same batches, in one run, each through
+medal's own `StudentStep` (the step `medal distill` runs: resident uint8 images gathered by
+index, fused resize + normalise on the device, bf16 autocast on CUDA, fused Adam, no host sync):
+
+  (a) ce      plain CE, alpha = 1: no teacher at all
+  (b) cache   KD from the cache: the teacher's logits resident on the device, gathered by index
+  (c) online  KD without a cache: the frozen DINOv2 teacher + linear head run on every batch
+              (inside the timed step), then the same loss and update as (b)
+
+(b)/(a) is what distillation costs once the teacher is cached (target <= 1.05); (c)/(b) is what
+the cache saves per training step. Teacher weights are random (timing does not depend on them),
+written by medal.models.save_random_teacher and read back by load_teacher. FLOPs per step are
+counted once, eagerly, with torch.utils.flop_counter before timing, for the roofline columns.
+
+    python benchmarks/train_step.py [--quick] [--compile] [--append benchmarks/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from common import (NUM_CLASSES, Defaults, add_common_args, count_flops, index_batches, peak_tflops, random_images,
+                    random_teacher, report, resolve_defaults, roofline, seconds_per_call, table)
+from medal.device import autocast
+from medal.images import IMAGENET_MEAN, IMAGENET_STD, MEDMNIST_MEAN, MEDMNIST_STD, Preprocess, to_device
+from medal.models import build_student, feature_dim
+from medal.pipeline.student_step import StudentStep
+
+MODES = {
+    "ce": "(a) plain CE, no teacher",
+    "cache": "(b) KD from the cache",
+    "online": "(c) online KD, teacher every batch",
+}
+T, ALPHA = 2.0, 0.2  # the paper's default point; speed does not depend on it
+DEFAULTS: Defaults = {  # (cuda, cuda --quick, cpu, cpu --quick)
+    "steps": (100, 5, 20, 2),
+    "warmup": (10, 2, 3, 1),
+    "images": (4096, 1024, 256, 32),
+}
+
+
+class OnlineStep(StudentStep):
+    """medal's student step, its soft targets computed on the batch by the frozen teacher and head."""
+
+    def __init__(self, *args, teacher: nn.Module, head: nn.Module, teacher_prep: Preprocess, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher_forward = torch.compile(teacher) if kwargs.get("compile") else teacher
+        self.head, self.teacher_prep = head, teacher_prep
+
+    def soft_targets(self, idx: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast(self.device):
+            return self.head(self.teacher_forward(self.teacher_prep(self.images[idx]))).float()
+
+
+@dataclass
+class StepResult:
+    seconds: float  # per step
+    batch: int
+    flops: int  # per step, forward + backward (+ teacher forward for online)
+    peak_bytes: int | None  # CUDA only
+
+    @property
+    def img_per_s(self) -> float:
+        return self.batch / self.seconds
+
+
+def build_steps(args: argparse.Namespace, device: torch.device, modes: tuple[str, ...],
+                compile_: bool) -> dict[str, StudentStep]:
+    """One StudentStep per mode, all sharing one student, optimizer, image split and targets, built as `distill` does."""
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    student = build_student("resnet50", NUM_CLASSES).to(device, memory_format=fmt)
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-3, fused=device.type == "cuda")
+    images = to_device(random_images(args.images, args.seed), device)
+    targets = torch.randint(0, NUM_CLASSES, (len(images),), device=device)
+    prep = Preprocess(args.image_size, MEDMNIST_MEAN, MEDMNIST_STD, device)
+    shared = (student, optimizer, prep, images, targets)
+    opts = dict(t=T, multi_label=False, device=device, compile=compile_)
+    steps: dict[str, StudentStep] = {}
+    if "ce" in modes:
+        steps["ce"] = StudentStep(*shared, None, alpha=1.0, **opts)
+    if "cache" in modes:
+        cached = torch.randn(len(images), NUM_CLASSES, device=device)  # what distill keeps resident: (N, C) fp32
+        steps["cache"] = StudentStep(*shared, cached, alpha=ALPHA, **opts)
+    if "online" in modes:
+        teacher = random_teacher(args.teacher, args.image_size, device)
+        head = nn.Linear(feature_dim(teacher), NUM_CLASSES).to(device).requires_grad_(False)
+        teacher_prep = Preprocess(args.image_size, IMAGENET_MEAN, IMAGENET_STD, device)
+        steps["online"] = OnlineStep(*shared, None, alpha=ALPHA, teacher=teacher, head=head, teacher_prep=teacher_prep,
+                                     **opts)
+    return steps
+
+
+def measure(args: argparse.Namespace, device: torch.device, modes: tuple[str, ...]) -> dict[str, StepResult]:
+    """Seconds per step of each mode, on the same batches, plus FLOPs counted on an eager twin of each step."""
+    eager = build_steps(args, device, modes, compile_=False)
+    timed = build_steps(args, device, modes, compile_=True) if args.compile else eager
+    batches = index_batches(args.images, args.batch_size, args.warmup + args.steps, device, args.seed)
+    results = {}
+    for mode in modes:
+        flops = count_flops(lambda: eager[mode](batches[0]))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        step = timed[mode]
+        seconds = seconds_per_call(lambda i: step(batches[i]), args.steps, args.warmup, device)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        results[mode] = StepResult(seconds, args.batch_size, flops, peak)
+    return results
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    add_common_args(ap)
+    ap.add_argument("--steps", type=int, help="timed steps per mode (default 100 on CUDA, 20 on CPU)")
+    ap.add_argument("--warmup", type=int, help="untimed steps first (default 10 on CUDA, 3 on CPU)")
+    ap.add_argument("--images", type=int, help="resident random 28x28x3 uint8 images (default 4096 CUDA, 256 CPU)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the student (and the online teacher)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_args(ap)
+    args = ap.parse_args(argv)
+    device = resolve_defaults(args, DEFAULTS)
+    results = measure(args, device, tuple(MODES))
+    peak = peak_tflops(args, device)
+    rows = []
+    for mode, r in results.items():
+        achieved = r.flops / r.seconds
+        mem = f"{r.peak_bytes / 2**30:.2f}" if r.peak_bytes is not None else "n/a"
+        rows.append([MODES[mode], f"{1e3 * r.seconds:.2f}", f"{r.img_per_s:,.0f}", f"{r.flops / 1e9:,.1f}",
+                     f"{achieved / 1e12:.3g}", f"{100 * achieved / 1e12 / peak[0]:.1f}", mem])
+    a, b, c = (results[m].seconds for m in MODES)
+    precision = "bf16 autocast" if device.type == "cuda" else "fp32"
+    body = "\n".join([
+        f"ResNet50 student, {args.teacher} teacher (random weights) + linear head, {args.image_size} px, "
+        f"batch {args.batch_size}, {precision}, compile={args.compile}; {args.images} resident random uint8 "
+        f"28x28x3 images, {NUM_CLASSES} classes, t={T:g}, alpha={ALPHA:g}; mean of {args.steps} steps after "
+        f"{args.warmup} warm-up, the same batches for every mode.",
+        "",
+        table(["mode", "ms/step", "img/s", "GFLOP/step", "TFLOP/s", "% of peak", "peak mem GiB"], rows),
+        "",
+        f"- (b)/(a) step time: {b / a:.3f} (target <= 1.05)",
+        f"- (c)/(b) step time: {c / b:.2f} (what the cache saves per step; ~2.5-3 expected at 224 px with ViT-B/14)",
+        f"- {roofline(results['cache'].flops / b, peak)}, for (b)",
+    ])
+    report("Student training step: CE vs cached KD vs online KD", body, args, device)
+
+
+if __name__ == "__main__":
+    main()
