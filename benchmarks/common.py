@@ -51,6 +51,8 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--peak-tflops", type=float,
                     help=f"device peak for the roofline line (CUDA default {H100_BF16_DENSE_TFLOPS:g}, H100/H200 "
                          "dense bf16; CPU default: an fp32 matmul measured here)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU only: torch threads (default 1; on small shared machines idle pool threads spin and skew timings)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a tiny smoke run")
     ap.add_argument("--append", type=Path, help="append the table, with a header, to this markdown file")
@@ -63,8 +65,10 @@ def resolve_defaults(args: argparse.Namespace, defaults: Defaults) -> torch.devi
     for dest, values in {**SHARED_DEFAULTS, **defaults}.items():
         if getattr(args, dest) is None:
             setattr(args, dest, values[column])
-    if args.peak_tflops is None and device.type == "cuda":
-        args.peak_tflops = H100_BF16_DENSE_TFLOPS
+    if device.type == "cuda":
+        args.peak_tflops = args.peak_tflops or H100_BF16_DENSE_TFLOPS
+    else:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     return device
 
@@ -170,8 +174,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Seque
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return (f"CPU {platform.processor() or platform.machine()} "
-            f"({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
+    return (f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} at the end)")
 
 
 def versions() -> str:

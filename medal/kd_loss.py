@@ -40,19 +40,20 @@ def kd_loss_torch(
     alpha: float,
     multi_label: bool = False,
 ) -> torch.Tensor:
-    """Plain-torch loss, computed in fp32 whatever the input dtype."""
-    s = student_logits.float()
+    """Plain-torch loss, computed in fp32 (fp64 for fp64 input) whatever the input dtype."""
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    s = student_logits.to(dtype)
     loss = s.new_zeros(())
     if alpha > 0:
         if multi_label:
-            ce = F.binary_cross_entropy_with_logits(s, target.float())
+            ce = F.binary_cross_entropy_with_logits(s, target.to(dtype))
         else:
             ce = F.cross_entropy(s, target.long())
         loss = loss + alpha * ce
     if alpha < 1:
         if teacher_logits is None:
             raise MedalError("alpha < 1 needs teacher logits: build a cache with `medal cache-teacher`.")
-        st, tt = s / t, teacher_logits.float() / t
+        st, tt = s / t, teacher_logits.to(dtype) / t
         if multi_label:
             # Bernoulli KL per label: p log(p/q) + (1-p) log((1-p)/(1-q)), in log-sigmoid form.
             p = torch.sigmoid(tt)
