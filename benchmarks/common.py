@@ -171,10 +171,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Seque
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return (f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores, "
+    return (f"CPU {cpu_model()} ({os.cpu_count()} cores, "
             f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} at the end)")
 
 
@@ -198,7 +209,7 @@ def report(title: str, body: str, args: argparse.Namespace, device: torch.device
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (f"\n## {title}, {now}\n\n"
               f"device: {device_name(device)}; {versions()}\n\n"
-              f"command: `python {shlex.join(sys.argv)}`\n\n")
+              f"command: `{Path(sys.executable).name} {shlex.join(sys.argv)}`\n\n")
     path: Path = args.append
     path.parent.mkdir(parents=True, exist_ok=True)
     fresh = not path.exists() or path.stat().st_size == 0

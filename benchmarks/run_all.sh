@@ -3,14 +3,14 @@
 #
 #   bash benchmarks/run_all.sh            # sizes chosen by device: the paper's on CUDA, tiny on CPU
 #   bash benchmarks/run_all.sh --quick    # smoke run
-#   PYTHON=.venv/bin/python bash benchmarks/run_all.sh
+#   PYTHON=.venv/bin/python RESULTS=/tmp/r.md bash benchmarks/run_all.sh   # interpreter, output file
 #
 # Sized for one H200 call of about 8 minutes: each script has its own time limit, so one slow
 # script cannot starve the others, and a failure is reported without stopping the rest.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-RESULTS=benchmarks/RESULTS.md
+RESULTS=${RESULTS:-benchmarks/RESULTS.md}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 failed=()
 [ -s "$RESULTS" ] || "$PY" -c 'import sys; sys.path.insert(0, "benchmarks"); from common import RESULTS_TITLE

@@ -20,6 +20,7 @@ counted once, eagerly, with torch.utils.flop_counter before timing, for the roof
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -70,36 +71,44 @@ class StepResult:
         return self.batch / self.seconds
 
 
-def build_steps(args: argparse.Namespace, device: torch.device, modes: tuple[str, ...],
-                compile_: bool) -> dict[str, StudentStep]:
-    """One StudentStep per mode, all sharing one student, optimizer, image split and targets, built as `distill` does."""
+def build_steps(args: argparse.Namespace, device: torch.device,
+                modes: tuple[str, ...]) -> Callable[[bool], dict[str, StudentStep]]:
+    """make(compile) -> one StudentStep per mode, built as `distill` builds it.
+
+    Every step shares one student, optimizer, resident image split and target tensor; `make`
+    can be called twice (an eager twin for counting FLOPs, a compiled one for timing).
+    """
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     student = build_student("resnet50", NUM_CLASSES).to(device, memory_format=fmt)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3, fused=device.type == "cuda")
     images = to_device(random_images(args.images, args.seed), device)
     targets = torch.randint(0, NUM_CLASSES, (len(images),), device=device)
     prep = Preprocess(args.image_size, MEDMNIST_MEAN, MEDMNIST_STD, device)
-    shared = (student, optimizer, prep, images, targets)
-    opts = dict(t=T, multi_label=False, device=device, compile=compile_)
-    steps: dict[str, StudentStep] = {}
-    if "ce" in modes:
-        steps["ce"] = StudentStep(*shared, None, alpha=1.0, **opts)
-    if "cache" in modes:
-        cached = torch.randn(len(images), NUM_CLASSES, device=device)  # what distill keeps resident: (N, C) fp32
-        steps["cache"] = StudentStep(*shared, cached, alpha=ALPHA, **opts)
+    cached = torch.randn(len(images), NUM_CLASSES, device=device)  # what distill keeps resident: (N, C) fp32
     if "online" in modes:
         teacher = random_teacher(args.teacher, args.image_size, device)
         head = nn.Linear(feature_dim(teacher), NUM_CLASSES).to(device).requires_grad_(False)
         teacher_prep = Preprocess(args.image_size, IMAGENET_MEAN, IMAGENET_STD, device)
-        steps["online"] = OnlineStep(*shared, None, alpha=ALPHA, teacher=teacher, head=head, teacher_prep=teacher_prep,
-                                     **opts)
-    return steps
+    shared = (student, optimizer, prep, images, targets)
+
+    def make(compile_: bool) -> dict[str, StudentStep]:
+        opts = dict(t=T, multi_label=False, device=device, compile=compile_)
+        builders = {
+            "ce": lambda: StudentStep(*shared, None, alpha=1.0, **opts),
+            "cache": lambda: StudentStep(*shared, cached, alpha=ALPHA, **opts),
+            "online": lambda: OnlineStep(*shared, None, alpha=ALPHA, teacher=teacher, head=head,
+                                         teacher_prep=teacher_prep, **opts),
+        }
+        return {mode: builders[mode]() for mode in modes}
+
+    return make
 
 
 def measure(args: argparse.Namespace, device: torch.device, modes: tuple[str, ...]) -> dict[str, StepResult]:
     """Seconds per step of each mode, on the same batches, plus FLOPs counted on an eager twin of each step."""
-    eager = build_steps(args, device, modes, compile_=False)
-    timed = build_steps(args, device, modes, compile_=True) if args.compile else eager
+    make = build_steps(args, device, modes)
+    eager = make(False)
+    timed = make(True) if args.compile else eager
     batches = index_batches(args.images, args.batch_size, args.warmup + args.steps, device, args.seed)
     results = {}
     for mode in modes:

@@ -199,6 +199,7 @@ def sweep(
     image_size: int = typer.Option(224, "--image-size", help="Pixels the student sees."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run directories go, one per point."),
     jobs: int = typer.Option(1, "--jobs", help="Points trained at once, each in its own process (for one GPU with spare memory)."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="Run points in parallel, one process per GPU: 0,1,2,3 or 'all' (visible GPUs)."),
     root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory (default: where the cached data came from)."),
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
@@ -210,7 +211,7 @@ def sweep(
     from medal.pipeline.sweep import SweepConfig, parse_values, run_sweep
 
     grid = SweepConfig(ts=parse_values(t, "--t"), alphas=parse_values(alpha, "--alpha"),
-                       seeds=parse_values(seeds, "--seeds", integer=True), jobs=jobs,
+                       seeds=parse_values(seeds, "--seeds", integer=True), jobs=jobs, gpus=_gpus(gpus),
                        base=DistillConfig(dataset=dataset, root=root, teacher=teacher, student=student, epochs=epochs,
                                           teachers=tuple(n.strip() for n in (teachers or "").split(",") if n.strip()),
                                           batch_size=batch_size, lr=lr, milestones=_milestones(milestones),
@@ -269,6 +270,20 @@ def cam(
     from medal.pipeline.figures import run_cam
 
     print(run_cam(run, n=n, out=out, device=device))
+
+
+def _gpus(text: str | None) -> tuple[str, ...]:
+    """--gpus 0,1,3 or all -> the CUDA device indices to give one sweep process each."""
+    if not text:
+        return ()
+    import torch
+
+    visible = [str(i) for i in range(torch.cuda.device_count())]
+    chosen = visible if text.strip() == "all" else [g.strip() for g in text.split(",") if g.strip()]
+    unknown = [g for g in chosen if g not in visible]
+    if not chosen or unknown:
+        raise MedalError(f"--gpus must name visible CUDA devices ({', '.join(visible) or 'none here'}), got {text!r}.")
+    return tuple(chosen)
 
 
 def main() -> None:

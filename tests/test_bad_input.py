@@ -35,6 +35,7 @@ CASES = {
     "no dataset": (["distill"], "pass --dataset"),
     "not a run": (["evaluate", "{tmp}"], "not a finished medal run"),
     "unknown cache": (["cache", "info", "nothing"], "no cache"),
+    "sweep on absent GPUs": (["sweep", "--dataset", "bloodmnist", "--gpus", "7"], "--gpus must name visible CUDA devices"),
 }
 
 

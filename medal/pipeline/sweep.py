@@ -10,6 +10,7 @@ processes: a ResNet50 on 28 px MedMNIST uses a small part of one large GPU.
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -71,6 +72,7 @@ class SweepConfig:
     seeds: list[int]
     base: DistillConfig  # dataset, student, recipe, paths; its t, alpha and seed are replaced per point
     jobs: int = 1
+    gpus: tuple[str, ...] = ()  # one process per listed GPU (CUDA_VISIBLE_DEVICES), instead of --jobs
 
 
 @dataclass
@@ -112,7 +114,9 @@ def run_sweep(sweep: SweepConfig) -> list[tuple[Path, dict]]:
         log(f"sweep: {len(points) - len(todo)} of {len(points)} runs already finished, skipped")
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc="sweep", unit="run", dynamic_ncols=True)
     try:
-        if sweep.jobs == 1:
+        if sweep.gpus:
+            run_parallel(todo, len(sweep.gpus), bar, sweep.gpus)
+        elif sweep.jobs == 1:
             for point in todo:
                 bar.set_postfix_str(point.out.name)
                 run_distill(point.cfg)
@@ -145,25 +149,32 @@ def distill_command(cfg: DistillConfig) -> list[str]:
     return args + [flag for flag, on in (("--pretrained", cfg.pretrained), ("--compile", cfg.compile)) if on]
 
 
-def run_parallel(todo: list[Point], jobs: int, bar: tqdm) -> None:
-    """Keep `jobs` child processes busy; after a failure start no more and name its log."""
+def run_parallel(todo: list[Point], jobs: int, bar: tqdm, gpus: tuple[str, ...] = ()) -> None:
+    """Keep `jobs` child processes busy (each on its own GPU when `gpus` are given);
+    after a failure start no more and name its log."""
     queue, failed = list(todo), []
     running: dict[Path, subprocess.Popen] = {}
+    slot_of: dict[Path, int] = {}
     try:
         while queue or running:
             while queue and len(running) < jobs and not failed:
                 point = queue.pop(0)
                 logfile = point.out.with_name(f".{point.out.name}.log")
                 logfile.parent.mkdir(parents=True, exist_ok=True)
+                slot = min(set(range(jobs)) - set(slot_of.values()))
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[slot]} if gpus else None
+                cfg = replace(point.cfg, device="cuda") if gpus else point.cfg
                 with open(logfile, "w") as f:
-                    running[point.out] = subprocess.Popen(distill_command(point.cfg), stdout=f, stderr=subprocess.STDOUT)
+                    running[point.out] = subprocess.Popen(distill_command(cfg), stdout=f, stderr=subprocess.STDOUT,
+                                                          env=env)
+                slot_of[point.out] = slot
             if failed and not running:
                 break
             time.sleep(POLL_S)
             for out, proc in list(running.items()):
                 if proc.poll() is None:
                     continue
-                del running[out]
+                del running[out], slot_of[out]
                 logfile = out.with_name(f".{out.name}.log")
                 if proc.returncode == 0:
                     logfile.unlink(missing_ok=True)
