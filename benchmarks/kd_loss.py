@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> str:
         "--threads", type=int, default=1,
         help="CPU only: torch threads (default 1; on small machines idle pool threads spin and skew timings)",
     )
+    ap.add_argument("--batches", help="comma-separated batch sizes instead of the default grid")
+    ap.add_argument("--classes", help="comma-separated class counts instead of the default grid")
     args = ap.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -133,6 +135,10 @@ def main(argv: list[str] | None = None) -> str:
         batches, widths = (128,), (14, 1000)
     else:
         batches, widths = ((128, 4096, 65536) if cuda else (128, 4096)), (8, 14, 1000)
+    if args.batches:
+        batches = tuple(int(x) for x in args.batches.split(","))
+    if args.classes:
+        widths = tuple(int(x) for x in args.classes.split(","))
     reps = 5 if args.quick else 20
     impls = make_impls(cuda)
 

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     body = "\n".join([
         f"Measured in this run: teacher pass {1 / teacher_s_per_img:,.0f} img/s ({args.teacher}, {args.image_size} px, "
         f"over {measured_imgs:,} images, Zarr writes included); ResNet50 step (b) cached KD {1e3 * b:.2f} ms, "
-        f"(c) online KD {1e3 * c:.2f} ms (batch {args.batch_size}, mean of {args.steps} steps). "
+        f"(c) online KD {1e3 * c:.2f} ms (batch {args.batch_size}, mean of {steps['cache'].steps} steps). "
         f"Costed for {args.train_size:,} train / {args.dataset_size:,} total images, {args.epochs} epochs, "
         f"{steps_per_epoch} steps per epoch: measured per-step, extrapolated to N points.",
         "",

@@ -39,8 +39,9 @@ MODES = {
     "online": "(c) online KD, teacher every batch",
 }
 T, ALPHA = 2.0, 0.2  # the paper's default point; speed does not depend on it
+ROUNDS = 3  # the modes take turns, --steps / ROUNDS steps at a time
 DEFAULTS: Defaults = {  # (cuda, cuda --quick, cpu, cpu --quick)
-    "steps": (100, 5, 20, 2),
+    "steps": (90, 6, 21, 3),
     "warmup": (10, 2, 3, 1),
     "images": (4096, 1024, 256, 32),
 }
@@ -62,6 +63,7 @@ class OnlineStep(StudentStep):
 @dataclass
 class StepResult:
     seconds: float  # per step
+    steps: int  # timed
     batch: int
     flops: int  # per step, forward + backward (+ teacher forward for online)
     peak_bytes: int | None  # CUDA only
@@ -105,26 +107,35 @@ def build_steps(args: argparse.Namespace, device: torch.device,
 
 
 def measure(args: argparse.Namespace, device: torch.device, modes: tuple[str, ...]) -> dict[str, StepResult]:
-    """Seconds per step of each mode, on the same batches, plus FLOPs counted on an eager twin of each step."""
+    """Seconds per step of each mode, plus FLOPs counted on an eager twin of each step.
+
+    The modes take turns in ROUNDS rounds of steps / ROUNDS steps each, so that a drift in clocks
+    or temperature during the run does not favour the mode that ran first; every round runs the
+    same batches.
+    """
     make = build_steps(args, device, modes)
     eager = make(False)
     timed = make(True) if args.compile else eager
-    batches = index_batches(args.images, args.batch_size, args.warmup + args.steps, device, args.seed)
-    results = {}
-    for mode in modes:
-        flops = count_flops(lambda: eager[mode](batches[0]))
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        step = timed[mode]
-        seconds = seconds_per_call(lambda i: step(batches[i]), args.steps, args.warmup, device)
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        results[mode] = StepResult(seconds, args.batch_size, flops, peak)
-    return results
+    per_round = -(-args.steps // ROUNDS)
+    batches = index_batches(args.images, args.batch_size, args.warmup + per_round, device, args.seed)
+    flops = {mode: count_flops(lambda: eager[mode](batches[0])) for mode in modes}
+    seconds = dict.fromkeys(modes, 0.0)
+    peak: dict[str, int | None] = dict.fromkeys(modes)
+    for r in range(ROUNDS):
+        for mode in modes:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            step = timed[mode]
+            warmup = args.warmup if r == 0 else 0
+            seconds[mode] += seconds_per_call(lambda i: step(batches[i]), per_round, warmup, device) / ROUNDS
+            if device.type == "cuda":
+                peak[mode] = max(peak[mode] or 0, torch.cuda.max_memory_allocated(device))
+    return {mode: StepResult(seconds[mode], ROUNDS * per_round, args.batch_size, flops[mode], peak[mode]) for mode in modes}
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:
     add_common_args(ap)
-    ap.add_argument("--steps", type=int, help="timed steps per mode (default 100 on CUDA, 20 on CPU)")
+    ap.add_argument("--steps", type=int, help="timed steps per mode (default 90 on CUDA, 21 on CPU)")
     ap.add_argument("--warmup", type=int, help="untimed steps first (default 10 on CUDA, 3 on CPU)")
     ap.add_argument("--images", type=int, help="resident random 28x28x3 uint8 images (default 4096 CUDA, 256 CPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the student (and the online teacher)")
@@ -148,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     body = "\n".join([
         f"ResNet50 student, {args.teacher} teacher (random weights) + linear head, {args.image_size} px, "
         f"batch {args.batch_size}, {precision}, compile={args.compile}; {args.images} resident random uint8 "
-        f"28x28x3 images, {NUM_CLASSES} classes, t={T:g}, alpha={ALPHA:g}; mean of {args.steps} steps after "
-        f"{args.warmup} warm-up, the same batches for every mode.",
+        f"28x28x3 images, {NUM_CLASSES} classes, t={T:g}, alpha={ALPHA:g}; mean of {results['cache'].steps} steps "
+        f"per mode, in {ROUNDS} interleaved rounds after {args.warmup} warm-up step(s), the same batches for every mode.",
         "",
         table(["mode", "ms/step", "img/s", "GFLOP/step", "TFLOP/s", "% of peak", "peak mem GiB"], rows),
         "",

@@ -29,7 +29,9 @@ class StudentStep:
         self.student, self.optimizer, self.prep = student, optimizer, prep
         self.images, self.targets, self.teacher = images, targets, teacher_logits
         self.t, self.alpha, self.multi_label, self.device = t, alpha, multi_label, device
-        self.forward = torch.compile(student) if compile else student
+        # dynamic=False: the short last batch of an epoch gets its own static graph instead of
+        # turning the whole step into a slower dynamic-shape one.
+        self.forward = torch.compile(student, dynamic=False) if compile else student
         self.loss_fn: LossFn = kd_loss
         if teacher_logits is not None and teacher_logits.ndim == 3:
             from medal.ca_mkd import ca_mkd_loss  # several teachers: confidence-aware weighting
