@@ -181,7 +181,6 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: MedMNISTData, ca
                   device: torch.device, run: Path, world: World) -> list[dict]:
     """The training loop; rank 0 writes history.csv/.png and best.pt into `run` as it goes."""
     torch.manual_seed(cfg.seed)
-    torch.backends.cudnn.benchmark = True  # input shapes are fixed: tune the convolutions once
     generator = torch.Generator().manual_seed(cfg.seed)  # same seed on every rank: same global order
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     student = student.to(device, memory_format=fmt)
