@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from medal.errors import MedalError
-from medal.kd_loss import check_hyperparameters
+from medal.kd_loss import check_hyperparameters, hard_loss, per_sample_kl
 
 
 def teacher_weights(teacher_logits: torch.Tensor, target: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
@@ -30,17 +30,6 @@ def teacher_weights(teacher_logits: torch.Tensor, target: torch.Tensor, multi_la
     else:
         ce = F.cross_entropy(z.reshape(k * b, c), target.long().repeat(k), reduction="none").view(k, b)
     return torch.softmax(-ce, dim=0)
-
-
-def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float, multi_label: bool) -> torch.Tensor:
-    """(K, B) KL(teacher || student) at temperature t; Bernoulli KL averaged over labels when multi-label."""
-    st, tt = student_logits.float().unsqueeze(0) / t, teacher_logits.float() / t
-    if multi_label:
-        p = torch.sigmoid(tt)
-        kl = p * (F.logsigmoid(tt) - F.logsigmoid(st)) + (1 - p) * (F.logsigmoid(-tt) - F.logsigmoid(-st))
-        return kl.mean(-1)
-    log_pt = F.log_softmax(tt, dim=-1)
-    return (log_pt.exp() * (log_pt - F.log_softmax(st, dim=-1))).sum(-1)
 
 
 def ca_mkd_loss(
@@ -60,10 +49,9 @@ def ca_mkd_loss(
     s = student_logits.float()
     loss = s.new_zeros(())
     if alpha > 0:
-        ce = F.binary_cross_entropy_with_logits(s, target.float()) if multi_label else F.cross_entropy(s, target.long())
-        loss = loss + alpha * ce
+        loss = loss + alpha * hard_loss(s, target, multi_label)
     if alpha < 1:
         w = teacher_weights(teacher_logits, target, multi_label)
-        kl = (w * per_sample_kl(s, teacher_logits, t, multi_label)).sum(0).mean()
+        kl = (w * per_sample_kl(s.unsqueeze(0), teacher_logits.float(), t, multi_label)).sum(0).mean()
         loss = loss + (1 - alpha) * t * t * kl
     return loss

@@ -16,6 +16,7 @@ import numpy as np
 from medmnist.info import DEFAULT_ROOT, INFO
 
 from medal.errors import MedalError
+from medal.io import file_hash
 from medal.log import warn
 
 SPLITS = ("train", "val", "test")
@@ -84,14 +85,6 @@ def npz_name(flag: str, size: int) -> str:
     return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(splits: dict[str, Split]) -> str:
     """SHA-256 of every split's images and labels: what a teacher cache was computed from."""
     digest = hashlib.sha256()
@@ -133,7 +126,7 @@ def load_dataset(flag: str, root: Path | None = None, size: int = 28, allow_down
             raise MedalError(f"{path.name} is not in {root}; pass --root DIR where it lies.")
         download(flag, size, root)
     suffix = "" if size == 28 else f"_{size}"
-    md5 = md5sum(path)
+    md5 = file_hash(path, "md5")
     official = md5 == INFO[flag][f"MD5{suffix}"]
     try:
         with np.load(path) as npz:

@@ -1,8 +1,9 @@
-"""Writes that never leave half a file: write to a temporary name, then rename."""
+"""File helpers: writes that never leave half a file (temporary name, then rename), and file hashes."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,15 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+
+def file_hash(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in 1 MiB blocks (datasets and checkpoints are large)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic(path: Path, write: Callable[[Path], None]) -> Path:

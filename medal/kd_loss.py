@@ -31,6 +31,28 @@ def check_hyperparameters(t: float, alpha: float) -> None:
         raise MedalError(f"alpha must lie in [0, 1], got {alpha}.")
 
 
+def hard_loss(student_logits: torch.Tensor, target: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """The supervised term: CE on class indices, or BCE-with-logits averaged over all labels."""
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(student_logits, target.to(student_logits.dtype))
+    return F.cross_entropy(student_logits, target.long())
+
+
+def per_sample_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float, multi_label: bool) -> torch.Tensor:
+    """KL(teacher || student) at temperature t per sample, over the last axis (leading axes broadcast).
+
+    Multi-class: summed over classes. Multi-label: the Bernoulli KL, averaged over labels.
+    """
+    st, tt = student_logits / t, teacher_logits / t
+    if multi_label:
+        # p log(p/q) + (1-p) log((1-p)/(1-q)), in log-sigmoid form (stable for large logits).
+        p = torch.sigmoid(tt)
+        kl = p * (F.logsigmoid(tt) - F.logsigmoid(st)) + (1 - p) * (F.logsigmoid(-tt) - F.logsigmoid(-st))
+        return kl.mean(-1)
+    log_pt = F.log_softmax(tt, dim=-1)
+    return (log_pt.exp() * (log_pt - F.log_softmax(st, dim=-1))).sum(-1)
+
+
 def kd_loss_torch(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor | None,
@@ -45,22 +67,11 @@ def kd_loss_torch(
     s = student_logits.to(dtype)
     loss = s.new_zeros(())
     if alpha > 0:
-        if multi_label:
-            ce = F.binary_cross_entropy_with_logits(s, target.to(dtype))
-        else:
-            ce = F.cross_entropy(s, target.long())
-        loss = loss + alpha * ce
+        loss = loss + alpha * hard_loss(s, target, multi_label)
     if alpha < 1:
         if teacher_logits is None:
             raise MedalError("alpha < 1 needs teacher logits: build a cache with `medal cache-teacher`.")
-        st, tt = s / t, teacher_logits.to(dtype) / t
-        if multi_label:
-            # Bernoulli KL per label: p log(p/q) + (1-p) log((1-p)/(1-q)), in log-sigmoid form.
-            p = torch.sigmoid(tt)
-            kl = p * (F.logsigmoid(tt) - F.logsigmoid(st)) + (1 - p) * (F.logsigmoid(-tt) - F.logsigmoid(-st))
-            kl = kl.mean()
-        else:
-            kl = F.kl_div(F.log_softmax(st, dim=1), F.log_softmax(tt, dim=1), log_target=True, reduction="batchmean")
+        kl = per_sample_kl(s, teacher_logits.to(dtype), t, multi_label).mean()
         loss = loss + (1 - alpha) * t * t * kl
     return loss
 

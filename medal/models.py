@@ -8,7 +8,6 @@ Teachers are named as in DINOv2's torch.hub (`dinov2_vitb14`) and built from tim
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from medal.errors import MedalError
+from medal.io import file_hash
 
 TEACHERS = {
     "dinov2_vits14": "vit_small_patch14_dinov2",
@@ -41,17 +41,9 @@ def check_teacher_image_size(image_size: int) -> None:
         raise MedalError(f"--image-size must be a multiple of the teacher's patch size {PATCH} (e.g. 224), got {image_size}.")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_id(teacher: str, weights: Path | None) -> str:
     """What identifies the teacher's weights in a cache key: the file's SHA-256, or the hub tag."""
-    return sha256(weights) if weights is not None else f"timm:{TEACHERS[teacher]}.lvd142m"
+    return file_hash(weights, "sha256") if weights is not None else f"timm:{TEACHERS[teacher]}.lvd142m"
 
 
 def load_teacher(teacher: str, weights: Path | None, image_size: int) -> nn.Module:

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from medal.io import atomic  # noqa: E402
 
@@ -28,4 +29,6 @@ def plot_history(history: list[dict], path: Path) -> Path:
     right.plot(epochs, [row["val_acc"] for row in history], marker=".", label="val ACC")
     right.set(xlabel="epoch", ylim=(0, 1.02), title="validation")
     right.legend()
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return save(fig, path)
