@@ -67,5 +67,7 @@ def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
 
 
 def error_lines(err: str) -> list[str]:
-    """stderr without the one-line warnings (e.g. about a non-official data file)."""
-    return [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
+    """What stderr leaves on screen, less one-line warnings (e.g. a non-official data file) and
+    finished progress bars (tqdm redraws a line with carriage returns, then clears it)."""
+    shown = (line.rsplit("\r", 1)[-1].strip() for line in err.split("\n"))
+    return [line for line in shown if line and not line.startswith("warning: ")]

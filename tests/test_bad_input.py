@@ -59,3 +59,32 @@ def test_bad_input(name, blood_root, vits_weights, tmp_path, capsys, monkeypatch
     assert not cache_dir.exists() or not any(cache_dir.iterdir()), "a failed command must not leave a cache behind"
     assert not runs.exists()
     assert not list((tmp_path / "empty").iterdir())
+
+
+def test_full_disk_leaves_nothing(blood_root, vits_weights, tmp_path, capsys, monkeypatch):
+    """ENOSPC while writing the cache, then while writing a run: one line each, nothing kept."""
+    import errno
+
+    from medal.cache.store import CacheWriter
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cache_dir = tmp_path / "cache"
+    teacher = ["--teacher", "dinov2_vits14", "--image-size", "28", "--head-epochs", "1", "--device", "cpu",
+               "--root", blood_root, "--weights", vits_weights, "--cache-dir", cache_dir]
+    with monkeypatch.context() as m:
+        m.setattr(CacheWriter, "_setitem", no_space)
+        code, _, err = run_cli(["cache-teacher", "--dataset", "bloodmnist", *teacher], capsys, monkeypatch)
+    assert code == 1 and "full" in error_lines(err)[0] and len(error_lines(err)) == 1
+    assert not any(cache_dir.iterdir())
+
+    code, _, err = run_cli(["cache-teacher", "--dataset", "bloodmnist", *teacher], capsys, monkeypatch)
+    assert code == 0, err
+    monkeypatch.setattr("medal.pipeline.distill.write_torch", no_space)
+    runs = tmp_path / "runs"
+    code, _, err = run_cli(["distill", "--dataset", "bloodmnist", "--cache-dir", cache_dir, "--out", runs / "run",
+                            "--epochs", "1", "--batch-size", "16", "--image-size", "32", "--device", "cpu"],
+                           capsys, monkeypatch)
+    assert code == 1 and "disk is full" in error_lines(err)[0] and len(error_lines(err)) == 1
+    assert not runs.exists() or not any(runs.iterdir())
