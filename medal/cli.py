@@ -79,6 +79,7 @@ def _head_table(attrs: dict) -> str:
 def distill(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset flag; may be omitted when exactly one dataset is cached."),
     root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory (default: where the cached data came from)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Which MedMNIST file (28, 64, 128, 224); default: the cache's, else 28."),
     t: float = typer.Option(2.0, "--t", help="Distillation temperature, > 0 (paper's best: 2)."),
     alpha: float = typer.Option(0.2, "--alpha", help="Weight of CE; 1 - alpha weighs the KL term. --alpha 1 is the plain CE baseline (no cache needed)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Which cached teacher, when several are cached for the dataset."),
@@ -105,7 +106,7 @@ def distill(
     from medal.pipeline.evaluate import format_table
 
     names = tuple(n.strip() for n in teachers.split(",") if n.strip()) if teachers else ()
-    cfg = DistillConfig(dataset=dataset, root=root, t=t, alpha=alpha, teacher=teacher, teachers=names,
+    cfg = DistillConfig(dataset=dataset, root=root, size=size, t=t, alpha=alpha, teacher=teacher, teachers=names,
                         cache_key=cache_key, compile=compile, student=student,
                         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
                         milestones=_milestones(milestones), patience=patience, seed=seed, image_size=image_size,
@@ -200,6 +201,7 @@ def sweep(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run directories go, one per point."),
     jobs: int = typer.Option(1, "--jobs", help="Points trained at once, each in its own process (for one GPU with spare memory)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="Run points in parallel, one process per GPU: 0,1,2,3 or 'all' (visible GPUs)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Which MedMNIST file (28, 64, 128, 224); default: the cache's, else 28."),
     root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory (default: where the cached data came from)."),
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
@@ -212,7 +214,8 @@ def sweep(
 
     grid = SweepConfig(ts=parse_values(t, "--t"), alphas=parse_values(alpha, "--alpha"),
                        seeds=parse_values(seeds, "--seeds", integer=True), jobs=jobs, gpus=_gpus(gpus),
-                       base=DistillConfig(dataset=dataset, root=root, teacher=teacher, student=student, epochs=epochs,
+                       base=DistillConfig(dataset=dataset, root=root, size=size, teacher=teacher, student=student,
+                                          epochs=epochs,
                                           teachers=tuple(n.strip() for n in (teachers or "").split(",") if n.strip()),
                                           batch_size=batch_size, lr=lr, milestones=_milestones(milestones),
                                           patience=patience, image_size=image_size, runs_dir=runs_dir, device=device,

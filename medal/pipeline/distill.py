@@ -42,6 +42,7 @@ from medal.plots import plot_history
 class DistillConfig:
     dataset: str | None = None
     root: Path | None = None
+    size: int | None = None  # which MedMNIST file; default: the cache's, else 28
     t: float = 2.0
     alpha: float = 0.2
     teacher: str | None = None
@@ -118,7 +119,9 @@ def prepare(cfg: DistillConfig) -> tuple[MedMNISTData, list[TeacherCache]]:
     cfg.dataset = check_dataset(cfg.dataset)
     first = caches[0].attrs if caches else None
     root = cfg.root or (Path(first["data_root"]) if first else default_root())
-    data = load_dataset(cfg.dataset, root, first["size"] if first else 28)
+    if first and cfg.size not in (None, first["size"]):
+        raise MedalError(f"--size {cfg.size} differs from the cache's MedMNIST file size {first['size']}.")
+    data = load_dataset(cfg.dataset, root, first["size"] if first else (cfg.size or 28))
     for cache in caches:
         if cache.attrs["dataset"] != data.flag or cache.attrs["data_fingerprint"] != data.fingerprint():
             raise MedalError(

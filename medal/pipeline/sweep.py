@@ -142,7 +142,8 @@ def distill_command(cfg: DistillConfig) -> list[str]:
             "--patience", str(cfg.patience), "--image-size", str(cfg.image_size), "--device", cfg.device,
             "--out", str(cfg.out), "--force"]
     teachers = ",".join(cfg.teachers) or None
-    for flag, value in (("--root", cfg.root), ("--cache-dir", cfg.cache_dir), ("--cache-key", cfg.cache_key),
+    for flag, value in (("--root", cfg.root), ("--size", cfg.size), ("--cache-dir", cfg.cache_dir),
+                        ("--cache-key", cfg.cache_key),
                         ("--teachers", teachers), ("--teacher", None if teachers else cfg.teacher)):
         if value is not None:
             args += [flag, str(value)]
