@@ -7,6 +7,7 @@ can recompute them with medmnist's `getAUC`/`getACC`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,20 +46,37 @@ def evaluate_model(model: nn.Module, data: MedMNISTData, image_size: int, device
     return metrics
 
 
-def evaluate_run(run: Path, device: str = "auto", root: Path | None = None) -> dict:
-    """Recompute a finished run's metrics from its best.pt."""
+@dataclass
+class LoadedRun:
+    path: Path
+    config: dict
+    data: MedMNISTData
+    model: nn.Module
+    prep: Preprocess
+
+
+def load_run(run: Path, device: torch.device, root: Path | None = None, data: MedMNISTData | None = None) -> LoadedRun:
+    """A finished run's student (eval mode, on `device`) and the data it was trained on."""
     run = Path(run)
     for name in ("config.json", "best.pt"):
         if not (run / name).is_file():
             raise MedalError(f"{run} is not a finished medal run (no {name}).")
     config = read_json(run / "config.json")
-    dev = resolve_device(device)
-    data = load_dataset(config["dataset"], root or Path(config["data_root"]), config["size"])
+    if data is None:
+        data = load_dataset(config["dataset"], root or Path(config["data_root"]), config["size"])
     if data.fingerprint() != config["data_fingerprint"]:
         raise MedalError(f"the data in {data.path} is not the data {run} was trained on (fingerprint differs).")
     model = build_student(config["student"], data.num_outputs)
     model.load_state_dict(torch.load(run / "best.pt", map_location="cpu")["model"])
-    return evaluate_model(model.to(dev), data, config["image_size"], dev, run, config)
+    prep = Preprocess(config["image_size"], MEDMNIST_MEAN, MEDMNIST_STD, device)
+    return LoadedRun(run, config, data, model.to(device).eval(), prep)
+
+
+def evaluate_run(run: Path, device: str = "auto", root: Path | None = None) -> dict:
+    """Recompute a finished run's metrics from its best.pt."""
+    dev = resolve_device(device)
+    loaded = load_run(run, dev, root)
+    return evaluate_model(loaded.model, loaded.data, loaded.config["image_size"], dev, loaded.path, loaded.config)
 
 
 def format_table(rows: list[tuple[str, dict]]) -> str:

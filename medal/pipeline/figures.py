@@ -6,7 +6,6 @@ as training and evaluation did, and write a PNG (plus the numbers behind it as .
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,40 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from medal.cache.store import cache_dir, list_caches
-from medal.data import MedMNISTData, load_dataset
+from medal.data import MedMNISTData
 from medal.device import resolve_device
 from medal.errors import MedalError
-from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess, to_device
-from medal.io import atomic, read_json
+from medal.images import to_device
+from medal.io import atomic
 from medal.log import warn
-from medal.models import build_student
+from medal.pipeline.evaluate import LoadedRun, load_run
 from medal.plots import plt, save
-
-
-@dataclass
-class LoadedRun:
-    path: Path
-    config: dict
-    data: MedMNISTData
-    model: nn.Module
-    prep: Preprocess
-
-
-def load_run(run: Path, device: torch.device, root: Path | None = None, data: MedMNISTData | None = None) -> LoadedRun:
-    """A finished run's student (eval mode, on `device`) and the data it was trained on."""
-    run = Path(run)
-    for name in ("config.json", "best.pt"):
-        if not (run / name).is_file():
-            raise MedalError(f"{run} is not a finished medal run (no {name}).")
-    config = read_json(run / "config.json")
-    if data is None:
-        data = load_dataset(config["dataset"], root or Path(config["data_root"]), config["size"])
-    if data.fingerprint() != config["data_fingerprint"]:
-        raise MedalError(f"the data in {data.path} is not the data {run} was trained on (fingerprint differs).")
-    model = build_student(config["student"], data.num_outputs)
-    model.load_state_dict(torch.load(run / "best.pt", map_location="cpu")["model"])
-    prep = Preprocess(config["image_size"], MEDMNIST_MEAN, MEDMNIST_STD, device)
-    return LoadedRun(run, config, data, model.to(device).eval(), prep)
 
 
 def colour_labels(data: MedMNISTData, split: str) -> tuple[np.ndarray, list[str]]:
