@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,9 @@ class MedMNISTData:
         labels = self.splits[split].labels
         return labels.astype(np.float32) if self.multi_label else labels[:, 0]
 
+    @cached_property
     def fingerprint(self) -> str:
+        """Computed once: hashing a 224 px file takes a while, and several checks need it."""
         return fingerprint(self.splits)
 
 

@@ -68,7 +68,7 @@ def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
     key = cache_key(data.flag, data.size, cfg.teacher, cfg.image_size, wid)
     existing = [c for c in list_caches(root) if c.key == key]
     if existing and not cfg.force:
-        if existing[0].attrs.get("data_fingerprint") == data.fingerprint():
+        if existing[0].attrs.get("data_fingerprint") == data.fingerprint:
             return CacheResult(existing[0], created=False)
         log(f"cache {key} was computed from other data than {data.path}; recomputing it")
     teacher = load_teacher(cfg.teacher, cfg.weights, cfg.image_size).to(device)
@@ -152,7 +152,7 @@ def provenance(cfg: CacheConfig, data: MedMNISTData, wid: str, dim: int, metrics
         "data_file": data.path.name,
         "data_md5": data.md5,
         "data_official": data.official,
-        "data_fingerprint": data.fingerprint(),
+        "data_fingerprint": data.fingerprint,
         "n_samples": {s: int(len(data.splits[s].labels)) for s in SPLITS},
         "teacher": cfg.teacher,
         "weights": str(Path(cfg.weights).resolve()) if cfg.weights else "timm hub",

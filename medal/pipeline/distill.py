@@ -123,10 +123,10 @@ def prepare(cfg: DistillConfig) -> tuple[MedMNISTData, list[TeacherCache]]:
         raise MedalError(f"--size {cfg.size} differs from the cache's MedMNIST file size {first['size']}.")
     data = load_dataset(cfg.dataset, root, first["size"] if first else (cfg.size or 28))
     for cache in caches:
-        if cache.attrs["dataset"] != data.flag or cache.attrs["data_fingerprint"] != data.fingerprint():
+        if cache.attrs["dataset"] != data.flag or cache.attrs["data_fingerprint"] != data.fingerprint:
             raise MedalError(
                 f"teacher cache {cache.key} was computed from other data than {data.path} "
-                f"(fingerprint {cache.attrs['data_fingerprint'][:12]} != {data.fingerprint()[:12]}); "
+                f"(fingerprint {cache.attrs['data_fingerprint'][:12]} != {data.fingerprint[:12]}); "
                 f"rebuild it with `medal cache-teacher --dataset {data.flag} --force`."
             )
     return data, caches
@@ -146,7 +146,7 @@ def run_distill(cfg: DistillConfig) -> Path:
     student = build_student(cfg.student, data.num_outputs, cfg.pretrained)
     partial = out.with_name(f".{out.name}.partial")
     config = {**asdict(cfg), "task": data.task, "size": data.size, "data_root": str(data.path.parent.resolve()),
-              "data_md5": data.md5, "data_fingerprint": data.fingerprint(),
+              "data_md5": data.md5, "data_fingerprint": data.fingerprint,
               "cache_key": caches[0].key if caches else None, "cache_keys": [c.key for c in caches],
               "teachers": [c.attrs["teacher"] for c in caches], "world_size": world.size,
               "medal_version": medal.__version__, "torch_version": torch.__version__}

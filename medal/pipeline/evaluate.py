@@ -64,7 +64,7 @@ def load_run(run: Path, device: torch.device, root: Path | None = None, data: Me
     config = read_json(run / "config.json")
     if data is None:
         data = load_dataset(config["dataset"], root or Path(config["data_root"]), config["size"])
-    if data.fingerprint() != config["data_fingerprint"]:
+    if data.fingerprint != config["data_fingerprint"]:
         raise MedalError(f"the data in {data.path} is not the data {run} was trained on (fingerprint differs).")
     model = build_student(config["student"], data.num_outputs)
     model.load_state_dict(torch.load(run / "best.pt", map_location="cpu")["model"])
