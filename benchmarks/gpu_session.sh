@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Everything this project checks on a lent GPU machine, in one short call (about 4 minutes):
+# Everything this project checks on a lent GPU machine, in one short call (about 5 minutes):
 # the GPU tests, then each benchmark at the paper's sizes with its own time limit.
-# The machine lacks zarr, numcodecs and medmnist: they travel as wheels in .whl/ (see README).
+# Where the machine cannot reach PyPI and lacks zarr, numcodecs or medmnist, put their wheels in .whl/
+# beforehand (pip download --no-deps --only-binary=:all: -d .whl zarr numcodecs medmnist donfig
+# google-crc32c fire termcolor, for the machine's Python); they are installed into /tmp/site.
 #
 #   bash benchmarks/gpu_session.sh        # writes logs and RESULTS.md into $OUT (or ./gpu-out)
 set -u
@@ -24,8 +26,8 @@ step() {  # step LIMIT_S LOG COMMAND...
     cp benchmarks/RESULTS.md "$OUT/RESULTS.md" 2>/dev/null
 }
 
-step 55 gpu_tests.log python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_kd_triton.py -p no:cacheprovider
+step 90 gpu_tests.log python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_kd_triton.py -p no:cacheprovider
 step 45 train_step.log python3 benchmarks/train_step.py --append benchmarks/RESULTS.md
 step 35 teacher_cache.log python3 benchmarks/teacher_cache.py --append benchmarks/RESULTS.md
-step 40 kd_loss.log python3 benchmarks/kd_loss.py --batches 65536 --classes 8,14,1000 --append benchmarks/RESULTS.md
-step 30 sweep_cost.log python3 benchmarks/sweep_cost.py --append benchmarks/RESULTS.md
+step 60 kd_loss.log python3 benchmarks/kd_loss.py --batches 65536 --classes 8,14,1000 --append benchmarks/RESULTS.md
+step 45 sweep_cost.log python3 benchmarks/sweep_cost.py --append benchmarks/RESULTS.md

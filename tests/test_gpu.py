@@ -10,22 +10,32 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import make_npz, run_cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-TEACHER = ["--teacher", "dinov2_vits14", "--image-size", "56", "--head-epochs", "5", "--device", "cuda"]
 STUDENT = ["--epochs", "2", "--batch-size", "16", "--image-size", "64", "--milestones", "1", "--device", "cuda"]
 
 
-def test_cuda_pipeline_uses_the_triton_loss(blood_root, vits_weights, tmp_path, capsys, monkeypatch):
-    cache = tmp_path / "cache"
-    code, _, err = run_cli(["cache-teacher", "--dataset", "bloodmnist", "--root", blood_root, "--weights", vits_weights,
-                            "--cache-dir", cache, *TEACHER], capsys, monkeypatch)
-    assert code == 0, err
+@pytest.fixture(scope="module")
+def cuda_cache(vits_weights, tmp_path_factory) -> Path:
+    """One teacher cache, built on the GPU, shared by the tests below (GPU time is scarce)."""
+    from medal.pipeline.cache_teacher import CacheConfig, HeadRecipe, run_cache_teacher
+
+    root = tmp_path_factory.mktemp("gpu")
+    make_npz(root / "data", "bloodmnist")
+    run_cache_teacher(CacheConfig(dataset="bloodmnist", teacher="dinov2_vits14", weights=vits_weights,
+                                  root=root / "data", image_size=56, device="cuda", cache_dir=root / "cache",
+                                  head=HeadRecipe(epochs=5)))
+    return root / "cache"
+
+
+def test_cuda_pipeline_uses_the_triton_loss(cuda_cache, tmp_path, capsys, monkeypatch):
+    cache = cuda_cache
     import medal.kernels.kd_triton as kernel
 
     calls = []
@@ -39,11 +49,8 @@ def test_cuda_pipeline_uses_the_triton_loss(blood_root, vits_weights, tmp_path, 
     assert 0 <= metrics["test"]["auc"] <= 1
 
 
-def test_torchrun_nccl_single_gpu(blood_root, vits_weights, tmp_path, capsys, monkeypatch):
-    cache = tmp_path / "cache"
-    code, _, err = run_cli(["cache-teacher", "--dataset", "bloodmnist", "--root", blood_root, "--weights", vits_weights,
-                            "--cache-dir", cache, *TEACHER], capsys, monkeypatch)
-    assert code == 0, err
+def test_torchrun_nccl_single_gpu(cuda_cache, tmp_path):
+    cache = cuda_cache
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
