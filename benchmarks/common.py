@@ -201,17 +201,22 @@ def versions() -> str:
     return f"torch {torch.__version__}; timm {timm.__version__}; triton {triton_version}; python {platform.python_version()}"
 
 
+def results_header(title: str, device: torch.device, path: Path) -> str:
+    """A dated, attributed section header for `path` (with the file's title when it is new)."""
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    fresh = not path.exists() or path.stat().st_size == 0
+    return ((RESULTS_TITLE if fresh else "") + f"\n## {title}, {now}\n\n"
+            f"device: {device_name(device)}; {versions()}\n\n"
+            f"command: `{Path(sys.executable).name} {shlex.join(sys.argv)}`\n\n")
+
+
 def report(title: str, body: str, args: argparse.Namespace, device: torch.device) -> None:
     """Print the result; with --append, add it to that file under a dated, attributed header."""
     print(body)
     if not args.append:
         return
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = (f"\n## {title}, {now}\n\n"
-              f"device: {device_name(device)}; {versions()}\n\n"
-              f"command: `{Path(sys.executable).name} {shlex.join(sys.argv)}`\n\n")
     path: Path = args.append
     path.parent.mkdir(parents=True, exist_ok=True)
-    fresh = not path.exists() or path.stat().st_size == 0
+    header = results_header(title, device, path)
     with path.open("a") as fh:
-        fh.write((RESULTS_TITLE if fresh else "") + header + body + "\n")
+        fh.write(header + body + "\n")

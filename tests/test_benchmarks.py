@@ -16,7 +16,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def run_script(name: str, tmp_path: Path) -> tuple[dict[str, list[str]], str]:
     """(table rows keyed by their first cell, stdout) of `python benchmarks/NAME --quick --device cpu`."""
     results = tmp_path / "RESULTS.md"
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), "--quick", "--device", "cpu", "--append", str(results)],
+    device = [] if name == "kd_loss.py" else ["--device", "cpu"]  # kd_loss.py measures the device it finds
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), "--quick", *device, "--append", str(results)],
                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("|")]
@@ -63,3 +64,24 @@ def test_sweep_cost(tmp_path):
         assert all(number(c) > 0 for c in cells[:5]) and number(cells[-1]) > 0
         assert cells[5] == "1 x 17,092"
     assert "measured per-step, extrapolated to N points" in out
+
+
+def test_kd_loss(tmp_path):
+    rows, out = run_script("kd_loss.py", tmp_path)
+    assert set(rows) == {"eager", "compiled"}  # no CUDA: the kernel and Liger are GPU-only
+    for cells in rows.values():
+        assert cells[0] in ("bfloat16", "float32") and number(cells[3]) > 0 and number(cells[4]) > 0
+
+
+def test_kd_loss_summary_ratios():
+    """The GPU-only summary table: speed-ups are other / kernel, bandwidth the minimum bytes over time."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from kd_loss import bytes_moved, summary
+
+    results = {("bfloat16", 65536, 1000): {"triton": 0.1, "eager": 0.9, "compiled": 0.2}}
+    lines = summary(results, peak_gbps=4800.0).splitlines()
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert lines[0].split("|")[5:7] == [" x compiled ", " x eager "]
+    assert cells[4:6] == ["2.00", "9.00"]
+    expected_pct = 100 * bytes_moved(65536, 1000, "bfloat16") / 1e-4 / 1e9 / 4800
+    assert float(cells[6]) == round(expected_pct, 1) and 80 < expected_pct < 85
