@@ -16,7 +16,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def run_script(name: str, tmp_path: Path) -> tuple[dict[str, list[str]], str]:
     """(table rows keyed by their first cell, stdout) of `python benchmarks/NAME --quick --device cpu`."""
     results = tmp_path / "RESULTS.md"
-    device = [] if name == "kd_loss.py" else ["--device", "cpu"]  # kd_loss.py measures the device it finds
+    # kd_loss.py measures the device it finds; kd_kernel_compile.py compiles for sm_90 on any machine.
+    device = [] if name in ("kd_loss.py", "kd_kernel_compile.py") else ["--device", "cpu"]
     proc = subprocess.run([sys.executable, str(BENCHMARKS / name), "--quick", *device, "--append", str(results)],
                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -85,3 +86,10 @@ def test_kd_loss_summary_ratios():
     assert cells[4:6] == ["2.00", "9.00"]
     expected_pct = 100 * bytes_moved(65536, 1000, "bfloat16") / 1e-4 / 1e9 / 4800
     assert float(cells[6]) == round(expected_pct, 1) and 80 < expected_pct < 85
+
+
+def test_kd_kernel_compile(tmp_path):
+    rows, _ = run_script("kd_kernel_compile.py", tmp_path)
+    assert set(rows) == {"multi-class", "multi-label"}
+    for cells in rows.values():  # the last row of each kind: bf16, C=1000
+        assert cells[:2] == ["bfloat16", "1000"] and cells[4:6] == ["16", "16"] and cells[7] == "0"
