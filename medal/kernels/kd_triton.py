@@ -59,6 +59,16 @@ MAX_BLOCK_B = 128
 
 
 @triton.jit
+def _row_block(n_rows, row_units, ALIGN: tl.constexpr, BLOCK_B: tl.constexpr):
+    """This program's rows: (width, row indices, row mask, (BLOCK_B, 1) element offsets of
+    the row starts). The width is rebuilt as row_units * ALIGN, so Triton knows it is a
+    multiple of ALIGN and emits vector loads and stores."""
+    n_cols = row_units * ALIGN
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    return n_cols, rows, rows < n_rows, rows.to(tl.int64)[:, None] * n_cols
+
+
+@triton.jit
 def _row_stats(x, m, z):
     """Online update of a row max `m` and sum-exp `z` (relative to m) with a tile `x`."""
     m_new = tl.maximum(m, tl.max(x, axis=1))
@@ -108,10 +118,7 @@ def _kd_multiclass_kernel(
     STORE_GRAD: tl.constexpr,
 ):
     """One program: BLOCK_B rows of softmax CE + temperature KL, loss partials and gradient."""
-    n_cols = row_units * ALIGN  # known to be a multiple of ALIGN: vector loads and stores
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < n_rows
-    base = rows.to(tl.int64)[:, None] * n_cols
+    n_cols, rows, row_ok, base = _row_block(n_rows, row_units, ALIGN, BLOCK_B)
     y = tl.load(y_ptr + rows, mask=row_ok, other=0)
     if NUM_TILES == 1:
         # The whole row is in registers: one exp per softmax and element.
@@ -188,10 +195,7 @@ def _kd_multilabel_kernel(
     STORE_GRAD: tl.constexpr,
 ):
     """One program: BLOCK_B rows of BCE-with-logits + Bernoulli KL at temperature t."""
-    n_cols = row_units * ALIGN  # known to be a multiple of ALIGN: vector loads and stores
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < n_rows
-    base = rows.to(tl.int64)[:, None] * n_cols
+    n_cols, rows, row_ok, base = _row_block(n_rows, row_units, ALIGN, BLOCK_B)
     loss = tl.zeros((BLOCK_B,), tl.float32)
     for i in range(NUM_TILES):
         cols = i * BLOCK_C + tl.arange(0, BLOCK_C)
