@@ -23,10 +23,10 @@ arithmetic is fp32 whatever the input dtype, so logits of +-1e4, all-equal rows 
 one-hot teachers give finite losses and gradients.
 
 Layout: one program handles BLOCK_B rows x BLOCK_C columns, BLOCK_C = next power of two
-of C. For C above MAX_BLOCK_C the multi-class kernel loops over column tiles: a first
-pass keeps an online max / sum-exp per softmax, a second pass writes loss and gradient
-(so logits are read twice only in that case). The multi-label loss is element-wise and
-always one pass.
+of C, with 8 elements a thread. For C above MAX_BLOCK_C the multi-class kernel loops over
+column tiles: a first pass keeps an online max / sum-exp per softmax, a second pass
+writes loss and gradient (so logits are read twice only in that case). The multi-label
+loss is element-wise: one pass, over tiles of at most MULTILABEL_BLOCK_C columns.
 
 Vector loads: rows start at multiples of ALIGN elements (see `_row_alignment`), which
 the kernel is told through the width's factorisation, so it reads and writes in 16-byte
@@ -35,7 +35,8 @@ vectors; `tests/test_kd_triton.py` checks the compiled PTX for them.
 Gradient storage: in the input dtype, with the batch mean folded in for fp32 and bf16
 (bf16 has fp32's exponent range). For fp16 it is stored without the 1/B, which would
 flush ~1/B-sized entries into fp16's subnormals before a GradScaler's scale is applied;
-backward applies 1/B and grad_output together in fp32 and rounds once.
+backward multiplies by grad_output / B in fp32 and rounds to fp16 again (two roundings,
+within the tests' fp16 tolerance).
 
 t and alpha are runtime float arguments, never constexpr, and are passed as Python
 floats (an int 1 would be specialised by Triton), so sweeping them never recompiles; nor
