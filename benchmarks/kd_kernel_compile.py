@@ -1,8 +1,8 @@
 """What the fused KD kernel compiles to on an H100/H200 (sm_90), read without a GPU.
 
 Triton ships LLVM and ptxas, so the kernel compiles for sm_90 on any machine. This script
-compiles it at the launch configuration `medal.kernels.kd_triton` would use and reports,
-per task kind, dtype and width: the widest global load and store (16 bytes means vector
+compiles it (and backward's in-place scaling kernel) at the launch configuration
+`medal.kernels.kd_triton` would use and reports, per task kind, dtype and width: the widest global load and store (16 bytes means vector
 accesses), registers per thread and stack bytes (non-zero means spills). Those decide
 whether a memory-bound kernel can reach HBM bandwidth; the speed itself needs
 `benchmarks/kd_loss.py` on the GPU.
@@ -49,6 +49,16 @@ def compile_kernel(multi_label: bool, dtype: str, n_cols: int, target: GPUTarget
     return triton.compile(source, target=target, options={"num_warps": config["num_warps"]}), config
 
 
+def compile_scale_kernel(dtype: str, n_cols: int, target: GPUTarget = SM90) -> object:
+    """The backward's in-place scaling kernel, compiled for a (B, n_cols) gradient of `dtype`."""
+    signature = {"x_ptr": f"*{DTYPES[dtype]}", "g_ptr": "*fp32", "pending": "fp32", "n_units": "i32",
+                 "ALIGN": "constexpr", "BLOCK": "constexpr"}
+    constexprs = {"ALIGN": kd_triton._row_alignment(n_cols), "BLOCK": kd_triton.SCALE_BLOCK}
+    aligned = {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]}
+    source = ASTSource(fn=kd_triton._scale_in_place_kernel, signature=signature, constexprs=constexprs, attrs=aligned)
+    return triton.compile(source, target=target, options={"num_warps": 4})
+
+
 def widest_access(ptx: str, op: str) -> int:
     """Bytes moved by the widest `ld.global` (op="ld") or `st.global` (op="st") in PTX text."""
     widths = [int(vec or 1) * int(bits) // 8
@@ -80,17 +90,20 @@ def main(argv: list[str] | None = None) -> str:
     widths = (14, 1000) if args.quick else (8, 14, 1000, 4096, 32000)
     dtypes = ("bfloat16",) if args.quick else ("bfloat16", "float32", "float16")
     rows = []
-    for multi_label in (False, True):
+    for kind in ("multi-class", "multi-label", "backward scale"):
         for dtype in dtypes:
             for n_cols in widths:
-                compiled, config = compile_kernel(multi_label, dtype, n_cols)
+                if kind == "backward scale":
+                    compiled = compile_scale_kernel(dtype, n_cols)
+                    layout, warps = f"{kd_triton.SCALE_BLOCK} elements", 4
+                else:
+                    compiled, config = compile_kernel(kind == "multi-label", dtype, n_cols)
+                    layout = f"{config['BLOCK_B']} x {config['BLOCK_C']} x {config['NUM_TILES']}"
+                    warps = config["num_warps"]
                 usage = resource_usage(compiled.asm["cubin"])
                 ptx = compiled.asm["ptx"]
-                rows.append([
-                    "multi-label" if multi_label else "multi-class", dtype, n_cols,
-                    f"{config['BLOCK_B']} x {config['BLOCK_C']} x {config['NUM_TILES']}", config["num_warps"],
-                    widest_access(ptx, "ld"), widest_access(ptx, "st"), usage["registers"], usage["stack"],
-                ])
+                rows.append([kind, dtype, n_cols, layout, warps, widest_access(ptx, "ld"), widest_access(ptx, "st"),
+                             usage["registers"], usage["stack"]])
     headers = ["kind", "dtype", "C", "rows x cols x tiles", "warps", "widest load B", "widest store B",
                "registers", "stack B"]
     body = table(headers, rows, right=[False, False] + [True] * 7)

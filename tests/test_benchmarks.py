@@ -90,6 +90,6 @@ def test_kd_loss_summary_ratios():
 
 def test_kd_kernel_compile(tmp_path):
     rows, _ = run_script("kd_kernel_compile.py", tmp_path)
-    assert set(rows) == {"multi-class", "multi-label"}
+    assert set(rows) == {"multi-class", "multi-label", "backward scale"}
     for cells in rows.values():  # the last row of each kind: bf16, C=1000
         assert cells[:2] == ["bfloat16", "1000"] and cells[4:6] == ["16", "16"] and cells[7] == "0"

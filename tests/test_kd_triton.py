@@ -192,16 +192,19 @@ def test_kernel_matches_reference_under_interpreter(kind: str) -> None:
 )
 def test_kernel_compiles_to_16_byte_vector_accesses(kind: str, dtype: str, n_cols: int) -> None:
     """Compile for sm_90 without a GPU (Triton ships ptxas) and read the PTX: logits must
-    be read and the gradient written in 16-byte vectors, with no register spills. With the
+    be read and the gradient written (and scaled in backward) in 16-byte vectors, with no
+    register spills. With the
     bare width C = 1000 the kernel compiled to 2-byte loads and ran at about a quarter of
     HBM bandwidth."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from kd_kernel_compile import compile_kernel, resource_usage, widest_access
+    from kd_kernel_compile import compile_kernel, compile_scale_kernel, resource_usage, widest_access
 
     compiled, _ = compile_kernel(kind == "multi-label", dtype, n_cols)
-    assert widest_access(compiled.asm["ptx"], "ld") == 16
-    assert widest_access(compiled.asm["ptx"], "st") == 16
-    assert resource_usage(compiled.asm["cubin"])["stack"] == 0
+    scale = compile_scale_kernel(dtype, n_cols)  # backward's pass when grad_output is not 1
+    for kernel in (compiled, scale):
+        assert widest_access(kernel.asm["ptx"], "ld") == 16
+        assert widest_access(kernel.asm["ptx"], "st") == 16
+        assert resource_usage(kernel.asm["cubin"])["stack"] == 0
 
 
 def _cuda_available() -> bool:
