@@ -149,6 +149,8 @@ def run_dispatch_check() -> list[str]:
         nograd = kd_loss(s, z_t, y, t=1.0, alpha=0.2)
     if abs(nograd.item() - loss.item()) > 0:
         problems.append("loss under no_grad differs")
+    teacher_only = kd_loss(s.detach(), z_t.clone().requires_grad_(True), y, t=1.0, alpha=0.2)
+    teacher_only.backward()  # the student needs no gradient: backward must pass, not complain
     loss.backward(retain_graph=True)
     try:
         loss.backward()

@@ -343,6 +343,8 @@ class KDLossFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        if not ctx.needs_input_grad[0]:  # reached through the teacher's logits, which get no gradient
+            return None, None, None, None, None, None, None
         grad, ctx.grad = ctx.grad, None
         if grad is None:
             raise RuntimeError("medal's fused KD loss supports one backward per forward (no retain_graph reuse).")
