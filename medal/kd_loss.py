@@ -13,6 +13,7 @@ the reference the kernel is tested against.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -76,13 +77,21 @@ def kd_loss_torch(
     return loss
 
 
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _backend(student_logits: torch.Tensor) -> str:
+    """MEDAL_KD_KERNEL if set, else Triton for CUDA tensors where it is installed (not on
+    every platform that has CUDA), else torch."""
     forced = os.environ.get("MEDAL_KD_KERNEL", "").strip().lower()
     if forced:
         if forced not in BACKENDS:
             raise MedalError(f"MEDAL_KD_KERNEL must be one of {', '.join(BACKENDS)}, got {forced!r}.")
+        if forced == "triton" and not _triton_available():
+            raise MedalError("MEDAL_KD_KERNEL=triton needs the triton package, which is not installed.")
         return forced
-    return "triton" if student_logits.is_cuda else "torch"
+    return "triton" if student_logits.is_cuda and _triton_available() else "torch"
 
 
 def kd_loss(

@@ -7,7 +7,9 @@ path rather than restating it. tests/test_kd_triton.py reuses it for the kernel.
 
 from __future__ import annotations
 
+import importlib
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -156,6 +158,22 @@ def test_bogus_kernel_env_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     s, z_t, y = make_case("random", 2, 3, False)
     with pytest.raises(MedalError, match="MEDAL_KD_KERNEL"):
         kd_loss(s, z_t, y, t=1.0, alpha=0.5)
+
+
+def test_backend_choice_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA tensors go to the kernel only where Triton is installed; forcing it without says so."""
+    kd = importlib.import_module("medal.kd_loss")  # the module: `medal.kd_loss` the attribute is the function
+
+    cuda_like = SimpleNamespace(is_cuda=True)
+    monkeypatch.delenv("MEDAL_KD_KERNEL", raising=False)
+    monkeypatch.setattr(kd, "_triton_available", lambda: True)
+    assert kd._backend(cuda_like) == "triton"
+    assert kd._backend(SimpleNamespace(is_cuda=False)) == "torch"
+    monkeypatch.setattr(kd, "_triton_available", lambda: False)
+    assert kd._backend(cuda_like) == "torch"
+    monkeypatch.setenv("MEDAL_KD_KERNEL", "triton")
+    with pytest.raises(MedalError, match="triton package"):
+        kd._backend(cuda_like)
 
 
 def test_forced_torch_backend_matches_reference(monkeypatch: pytest.MonkeyPatch) -> None:
