@@ -53,6 +53,7 @@ MAX_BLOCK_C = 8192  # widest column tile held in registers; wider C loops over t
 # The multi-label loss is element-wise, so wide tiles buy nothing there: at 8192 columns
 # its sm_90 compile spilled registers to the stack.
 MULTILABEL_BLOCK_C = 1024
+SCALE_BLOCK = 4096  # elements a program of backward's scaling kernel
 # BLOCK_B * BLOCK_C target. Measured on an H200 (B=65536, C=1000, bf16, forward kernel):
 # 1024 elements / 4 warps ran in 0.33 ms, 4096 / 8 warps in 0.69 ms; small tiles win.
 ELEMS_PER_PROGRAM = 1024
@@ -321,9 +322,6 @@ def _scale_in_place_kernel(x_ptr, g_ptr, pending, n_units, ALIGN: tl.constexpr, 
         ok = offs < n_units * ALIGN
         x = tl.load(x_ptr + offs, mask=ok).to(tl.float32)
         tl.store(x_ptr + offs, (x * factor).to(x_ptr.dtype.element_ty), mask=ok)
-
-
-SCALE_BLOCK = 4096
 
 
 class KDLossFunction(torch.autograd.Function):
