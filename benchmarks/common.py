@@ -94,6 +94,41 @@ def seconds_per_call(fn: Callable[[int], object], calls: int, warmup: int, devic
     return (time.perf_counter() - start) / calls
 
 
+L2_FLUSH_BYTES = 256 * 2**20  # more than any GPU's L2 (H100/H200: 50 MB), as triton.testing.do_bench flushes
+
+
+def device_ms(step: Callable[[], object], reps: int = 20) -> float | None:
+    """Median device milliseconds of `step` (CUDA) with the host's launch overhead hidden,
+    or None where `step` waits for the GPU (a host sync), so that the host cannot run ahead.
+
+    Why: a loss's few kernels can take less GPU time than Python takes to launch them, and
+    then launch-to-launch timing measures the host. In training the host runs ahead of the
+    GPU and that overhead is hidden. Here too: the GPU is stalled (torch.cuda._sleep) while
+    every rep is queued, each after an L2 flush, between two events; if the stall ended
+    before the host had queued them all, it is lengthened and the reps are run again.
+    Few reps keep the queue short of the driver's limit on pending launches.
+    """
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    cycles = 2**26  # ~35 ms at an H200's ~1.98 GHz
+    for _ in range(3):
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+        torch.cuda.synchronize()
+        torch.cuda._sleep(cycles)
+        stall = torch.cuda.Event()
+        stall.record()
+        for start, end in events:
+            flush.zero_()
+            start.record()
+            step()
+            end.record()
+        host_ahead = not stall.query()  # the GPU was still stalled when the last rep was queued
+        torch.cuda.synchronize()
+        if host_ahead:
+            return statistics.median(start.elapsed_time(end) for start, end in events)
+        cycles *= 4
+    return None
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs (2 per multiply-add) of the matmuls and convolutions run by fn(), forward and backward."""
     with FlopCounterMode(display=False) as counter:

@@ -29,6 +29,9 @@ run() {  # run LIMIT_S SCRIPT [FLAGS...]
 
 run 240 benchmarks/kd_loss.py "$@"
 run 60 benchmarks/kd_kernel_compile.py "$@"
+if "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    run 70 benchmarks/kd_kernel_tune.py "$@"  # times the kernel itself: CUDA only
+fi
 run 100 benchmarks/train_step.py "$@"
 run 90 benchmarks/teacher_cache.py "$@"
 run 100 benchmarks/sweep_cost.py "$@"

@@ -6,9 +6,14 @@ every measured figure is a positive number; with --append, that the header is wr
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -71,7 +76,8 @@ def test_kd_loss(tmp_path):
     rows, out = run_script("kd_loss.py", tmp_path)
     assert set(rows) == {"eager", "compiled"}  # no CUDA: the kernel and Liger are GPU-only
     for cells in rows.values():
-        assert cells[0] in ("bfloat16", "float32") and number(cells[3]) > 0 and number(cells[4]) > 0
+        assert cells[0] in ("bfloat16", "float32") and number(cells[3]) > 0 and number(cells[5]) > 0
+        assert cells[4] == "n/a"  # device time (host overhead hidden) is CUDA's
 
 
 def test_kd_loss_summary_ratios():
@@ -79,13 +85,20 @@ def test_kd_loss_summary_ratios():
     sys.path.insert(0, str(BENCHMARKS))
     from kd_loss import bytes_moved, summary
 
-    results = {("bfloat16", 65536, 1000): {"triton": 0.1, "eager": 0.9, "compiled": 0.2}}
+    results = {("bfloat16", 65536, 1000): {
+        "triton": {"launched": 0.3, "device": 0.1},
+        "eager": {"launched": 0.9, "device": 0.9},
+        "compiled": {"launched": 0.6, "device": 0.2},
+        "liger": {"launched": 1.2, "device": None},  # it syncs: no device time
+    }}
     lines = summary(results, peak_gbps=4800.0).splitlines()
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
-    assert lines[0].split("|")[5:7] == [" x compiled ", " x eager "]
-    assert cells[4:6] == ["2.00", "9.00"]
+    assert lines[0].split("|")[4:8] == [" triton device ms ", " x compiled ", " x eager ", " x liger "]
+    assert cells[4:7] == ["2.00", "9.00", ""]
     expected_pct = 100 * bytes_moved(65536, 1000, "bfloat16") / 1e-4 / 1e9 / 4800
-    assert float(cells[6]) == round(expected_pct, 1) and 80 < expected_pct < 85
+    assert float(cells[7]) == round(expected_pct, 1) and 80 < expected_pct < 85
+    launched = [c.strip() for c in summary(results, 4800.0, "launched").splitlines()[2].strip("|").split("|")]
+    assert launched[3:7] == ["0.3000", "2.00", "3.00", "4.00"]
 
 
 def test_kd_kernel_compile(tmp_path):
@@ -93,3 +106,45 @@ def test_kd_kernel_compile(tmp_path):
     assert set(rows) == {"multi-class", "multi-label", "backward scale"}
     for cells in rows.values():  # the last row of each kind: bf16, C=1000
         assert cells[:2] == ["bfloat16", "1000"] and cells[4:6] == ["16", "16"] and cells[7] == "0"
+
+
+def test_kd_kernel_tune(tmp_path):
+    """Smoke run under Triton's interpreter: each candidate tiling launches the real kernel."""
+    results = tmp_path / "RESULTS.md"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "kd_kernel_tune.py"), "--quick", "--classes", "14",
+                           "--append", str(results)], capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in results.read_text().splitlines() if line.startswith("| bfloat16 | 14 |")]
+    assert len(lines) == 2 and all(number(line.split("|")[7]) > 0 for line in lines)
+    assert "fastest BLOCK_B=" in proc.stdout
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from kd_kernel_tune import candidates
+
+    from medal.kernels.kd_triton import launch_config
+
+    for c in (2, 14, 1000):
+        configs = candidates(c)
+        assert launch_config(c, multi_label=False) in configs
+        assert all(1 <= cfg["num_warps"] <= 32 and cfg["BLOCK_B"] * cfg["BLOCK_C"] <= 8192 for cfg in configs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_ms_hides_host_overhead():
+    """A step whose host time (a 2 ms Python sleep) dwarfs its GPU work is timed by the GPU
+    work alone (the first stall is too short for 20 such reps: the retry is exercised too);
+    a step that reads a value back to the host has no device time."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from common import device_ms
+
+    x = torch.zeros(64 * 2**20, dtype=torch.uint8, device="cuda")
+
+    def host_heavy() -> None:
+        time.sleep(0.002)
+        x.add_(1)  # 128 MB moved: tens of microseconds on an H100
+
+    ms = device_ms(host_heavy)
+    assert ms is not None and 0 < ms < 0.5
+    assert device_ms(lambda: x.sum().item()) is None

@@ -275,9 +275,12 @@ def kd_forward(
     alpha: float,
     multi_label: bool,
     store_grad: bool = True,
-    max_block_c: int = MAX_BLOCK_C,
+    config: dict[str, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Launch the kernel: returns (scalar fp32 loss, gradient or None, its pending scale).
+
+    `config` overrides `launch_config` (tests force the column-tile loop with it, and
+    `benchmarks/kd_kernel_tune.py` times other tilings).
 
     The gradient is stored in the input dtype, batch-mean included (scale 1), except for
     fp16: there 1/B-sized entries would sink into fp16's subnormals, so it is stored
@@ -301,7 +304,7 @@ def kd_forward(
     pending = inv_n if s.dtype == torch.float16 else 1.0
     grad = torch.empty_like(s) if store_grad else None
     partial = torch.empty(n_rows, dtype=torch.float32, device=s.device)
-    config = launch_config(n_cols, multi_label, max_block_c)
+    config = config or launch_config(n_cols, multi_label)
     grid = (triton.cdiv(n_rows, config["BLOCK_B"]),)
     kernel[grid](
         s, tch, y, partial, s if grad is None else grad,  # without a gradient nothing is stored
@@ -334,8 +337,9 @@ class KDLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_logits, teacher_logits, target, t, alpha, multi_label, max_block_c=MAX_BLOCK_C):
         store_grad = ctx.needs_input_grad[0]  # evaluation under no_grad writes no gradient
+        config = launch_config(student_logits.shape[1], multi_label, max_block_c)
         loss, ctx.grad, ctx.pending = kd_forward(
-            student_logits, teacher_logits, target, t, alpha, multi_label, store_grad, max_block_c
+            student_logits, teacher_logits, target, t, alpha, multi_label, store_grad, config
         )
         return loss
 
