@@ -97,7 +97,7 @@ def seconds_per_call(fn: Callable[[int], object], calls: int, warmup: int, devic
 L2_FLUSH_BYTES = 256 * 2**20  # more than any GPU's L2 (H100/H200: 50 MB), as triton.testing.do_bench flushes
 
 
-def device_ms(step: Callable[[], object], reps: int = 20) -> float | None:
+def device_ms(step: Callable[[], object], reps: int = 10) -> float | None:
     """Median device milliseconds of `step` (CUDA) with the host's launch overhead hidden,
     or None where `step` waits for the GPU (a host sync), so that the host cannot run ahead.
 
@@ -106,7 +106,8 @@ def device_ms(step: Callable[[], object], reps: int = 20) -> float | None:
     GPU and that overhead is hidden. Here too: the GPU is stalled (torch.cuda._sleep) while
     every rep is queued, each after an L2 flush, between two events; if the stall ended
     before the host had queued them all, it is lengthened and the reps are run again.
-    Few reps keep the queue short of the driver's limit on pending launches.
+    Few reps: a stream holds about 1,000 pending launches, and a host that blocks on a full
+    queue would look like a host that syncs (the eager loss launches ~30 kernels a rep).
     """
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
     cycles = 2**26  # ~35 ms at an H200's ~1.98 GHz

@@ -133,16 +133,16 @@ def test_kd_kernel_tune(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_ms_hides_host_overhead():
-    """A step whose host time (a 2 ms Python sleep) dwarfs its GPU work is timed by the GPU
-    work alone (the first stall is too short for 20 such reps: the retry is exercised too);
-    a step that reads a value back to the host has no device time."""
+    """A step whose host time (a 10 ms Python sleep) dwarfs its GPU work is timed by the GPU
+    work alone (10 such reps outlast the first stall of 2**26 GPU cycles, so the retry is
+    exercised too); a step that reads a value back to the host has no device time."""
     sys.path.insert(0, str(BENCHMARKS))
     from common import device_ms
 
     x = torch.zeros(64 * 2**20, dtype=torch.uint8, device="cuda")
 
     def host_heavy() -> None:
-        time.sleep(0.002)
+        time.sleep(0.01)
         x.add_(1)  # 128 MB moved: tens of microseconds on an H100
 
     ms = device_ms(host_heavy)
