@@ -161,6 +161,33 @@ def run_dispatch_check() -> list[str]:
     return problems
 
 
+def run_tiling_check(device: str = "cpu") -> list[str]:
+    """Every tiling `benchmarks/kd_kernel_tune.py` may time (and so suggest as a new default)
+    gives the reference's loss and gradient, with a batch that leaves the last row block short."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from kd_kernel_tune import candidates
+    from test_kd_loss import make_case, reference_kd_loss
+
+    from medal.kernels.kd_triton import kd_forward
+
+    problems = []
+    for c in (14, 1000):
+        s, z_t, y = make_case("random", 33, c, False, seed=c, device=device)
+        s_ref = s.double().requires_grad_(True)
+        ref = reference_kd_loss(s_ref, z_t, y, 2.0, 0.2, False)
+        ref.backward()
+        for config in candidates(c):
+            loss, grad, _ = kd_forward(s, z_t, y, 2.0, 0.2, multi_label=False, config=config)
+            case = f"tiling {config} C={c}"
+            problem = _check(case, loss, grad, ref.detach(), s_ref.grad, "float32", 0.2 + 0.8 * 4.0, 1.8 / 33)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
 def _interpreter_run(kind: str) -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("MEDAL_KD_KERNEL", None)
@@ -184,6 +211,7 @@ def test_kernel_matches_reference_under_interpreter(kind: str) -> None:
     assert not summary["failures"], "\n".join(summary["failures"][:20])
     if kind == "multi-class":
         assert not summary["dispatch"], "\n".join(summary["dispatch"])
+        assert summary["tilings"] == [], "\n".join(summary["tilings"])
 
 
 @needs_triton
@@ -224,6 +252,8 @@ def _cuda_available() -> bool:
 def test_kernel_matches_reference_on_cuda(kind: str) -> None:
     summary = run_cases(kind, device="cuda", big=True)
     assert not summary["failures"], "\n".join(summary["failures"][:20])
+    if kind == "multi-class":
+        assert run_tiling_check("cuda") == []
 
 
 @pytest.mark.gpu
@@ -264,6 +294,7 @@ if __name__ == "__main__":
     result = run_cases(sys.argv[1])
     if sys.argv[1] == "multi-class":
         result["dispatch"] = run_dispatch_check()
+        result["tilings"] = run_tiling_check()
     from triton import knobs
 
     result["interpreted"] = bool(getattr(knobs.runtime, "interpret", os.environ.get("TRITON_INTERPRET") == "1"))
