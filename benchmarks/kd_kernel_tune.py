@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                              f"{ms:.4f}", f"{gbps:.4g}", f"{100 * gbps / args.peak_gbps:.1f}" if cuda else "n/a",
                              "default" if config == default else ""])
                 print(" | ".join(map(str, rows[-1])), flush=True)
+            if not timed:
+                continue
             best_ms, best = min(timed, key=lambda pair: pair[0])
             default_ms = next((ms for ms, config in timed if config == default), None)
             versus = f", default {default_ms:.4f} ms (x{default_ms / best_ms:.2f})" if default_ms else ""
