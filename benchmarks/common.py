@@ -110,7 +110,7 @@ def device_ms(step: Callable[[], object], reps: int = 10) -> float | None:
     queue would look like a host that syncs (the eager loss launches ~30 kernels a rep).
     """
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
-    cycles = 2**26  # ~35 ms at an H200's ~1.98 GHz
+    cycles = 2**26  # ~34 ms at an H200's ~1.98 GHz
     for _ in range(3):
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
         torch.cuda.synchronize()

@@ -279,8 +279,8 @@ def kd_forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """Launch the kernel: returns (scalar fp32 loss, gradient or None, its pending scale).
 
-    `config` overrides `launch_config` (tests force the column-tile loop with it, and
-    `benchmarks/kd_kernel_tune.py` times other tilings).
+    `config` overrides `launch_config`'s default (`KDLossFunction` passes the tests' tile
+    cap through it; `benchmarks/kd_kernel_tune.py` times other tilings).
 
     The gradient is stored in the input dtype, batch-mean included (scale 1), except for
     fp16: there 1/B-sized entries would sink into fp16's subnormals, so it is stored
