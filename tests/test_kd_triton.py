@@ -174,15 +174,15 @@ def run_tiling_check(device: str = "cpu") -> list[str]:
     from medal.kernels.kd_triton import kd_forward
 
     problems = []
-    for c in (14, 1000):
-        s, z_t, y = make_case("random", 33, c, False, seed=c, device=device)
+    for c, b in ((14, 33), (1000, 33 if device == "cuda" else 3)):  # fused reductions are slow under the interpreter
+        s, z_t, y = make_case("random", b, c, False, seed=c, device=device)
         s_ref = s.double().requires_grad_(True)
         ref = reference_kd_loss(s_ref, z_t, y, 2.0, 0.2, False)
         ref.backward()
         for config in candidates(c):
             loss, grad, _ = kd_forward(s, z_t, y, 2.0, 0.2, multi_label=False, config=config)
             case = f"tiling {config} C={c}"
-            problem = _check(case, loss, grad, ref.detach(), s_ref.grad, "float32", 0.2 + 0.8 * 4.0, 1.8 / 33)
+            problem = _check(case, loss, grad, ref.detach(), s_ref.grad, "float32", 0.2 + 0.8 * 4.0, 1.8 / b)
             if problem:
                 problems.append(problem)
     return problems

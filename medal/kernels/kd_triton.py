@@ -45,6 +45,8 @@ does the batch size (n_rows is not specialised), only C, the dtypes and the task
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -58,58 +60,113 @@ SCALE_BLOCK = 4096  # elements a program of backward's scaling kernel
 # 1024 elements / 4 warps ran in 0.33 ms, 4096 / 8 warps in 0.69 ms; small tiles win.
 ELEMS_PER_PROGRAM = 1024
 MAX_BLOCK_B = 128
+# Row sums and maxima as one multi-operand reduction each. Triton's interpreter runs such a
+# reduction element by element in Python (seconds for one row block of C=1000), so under it
+# the kernel takes the separate tl.max / tl.sum reductions: the same arithmetic.
+FUSED_REDUCE = os.environ.get("TRITON_INTERPRET", "0") != "1"
+
+
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * LOG2E): the GPU's exponential is base 2
 
 
 @triton.jit
 def _row_block(n_rows, row_units, ALIGN: tl.constexpr, BLOCK_B: tl.constexpr):
-    """This program's rows: (width, row indices, row mask, (BLOCK_B, 1) element offsets of
-    the row starts). The width is rebuilt as row_units * ALIGN, so Triton knows it is a
-    multiple of ALIGN and emits vector loads and stores."""
+    """This program's rows: (width, row indices, row mask, element offsets of the row starts).
+
+    The width is rebuilt as row_units * ALIGN, so Triton knows it is a multiple of ALIGN and
+    emits vector loads and stores. Rows past the batch read the last row again (so loads need
+    no row mask and every row's statistics are finite); their results are never stored."""
     n_cols = row_units * ALIGN
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    return n_cols, rows, rows < n_rows, rows.to(tl.int64)[:, None] * n_cols
+    starts = tl.minimum(rows, n_rows - 1).to(tl.int64) * n_cols
+    return n_cols, rows, rows < n_rows, starts
 
 
 @triton.jit
-def _row_stats(x, m, z):
-    """Online update of a row max `m` and sum-exp `z` (relative to m) with a tile `x`."""
-    m_new = tl.maximum(m, tl.max(x, axis=1))
-    z = z * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
-    return m_new, z
+def _max2(a0, b0, a1, b1):
+    return tl.maximum(a0, a1), tl.maximum(b0, b1)
 
 
 @triton.jit
-def _load_tile(s_ptr, t_ptr, base, cols, row_ok, n_cols):
-    """fp32 student and teacher tiles; padded columns are -inf, padded rows read zeros
-    (finite row stats, never stored)."""
-    col_ok = (cols < n_cols)[None, :]
-    ok = row_ok[:, None] & col_ok
-    s = tl.load(s_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-    tt = tl.load(t_ptr + base + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-    return tl.where(col_ok, s, float("-inf")), tl.where(col_ok, tt, float("-inf")), col_ok, ok
+def _add3(a0, b0, c0, a1, b1, c1):
+    return a0 + a1, b0 + b1, c0 + c1
 
 
 @triton.jit
-def _multiclass_tile(
-    s, e_s, q_in, e_q, r_in, e_r, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n, grad_scale
-):
-    """Loss partial (per row) and gradient of one (BLOCK_B, BLOCK_C) tile, given row stats.
+def _add4(a0, b0, c0, d0, a1, b1, c1, d1):
+    return a0 + a1, b0 + b1, c0 + c1, d0 + d1
 
-    q_in = s / t and r_in = teacher / t; e_* = exp(x - m_*) of each, z_* the full-row sums.
-    """
-    p = e_s * (1.0 / z_s)[:, None]
-    q = e_q * (1.0 / z_q)[:, None]
-    r = e_r * (1.0 / z_r)[:, None]
-    log_z_s = tl.log(z_s)
-    hit = cols[None, :] == y[:, None]
-    # CE = lse(s) - s[y] = (m - s[y]) + log Z, summed over the tile's single hit column.
-    ce = tl.sum(tl.where(hit, (m_s[:, None] - s) + log_z_s[:, None], 0.0), axis=1)
-    # log r - log q = (r_in - m_r) - (q_in - m_q) + log(z_q / z_r): max-shifted, no lse rounding.
-    log_ratio = (r_in - m_r[:, None]) - (q_in - m_q[:, None]) + (tl.log(z_q) - tl.log(z_r))[:, None]
-    kl = tl.sum(tl.where(col_ok, r * log_ratio, 0.0), axis=1)
-    loss = (alpha * ce + (1.0 - alpha) * temp * temp * kl) * inv_n
-    grad = (alpha * (p - tl.where(hit, 1.0, 0.0)) + (1.0 - alpha) * temp * (q - r)) * grad_scale
-    return loss, grad
+
+@triton.jit
+def _row_max2(a, b, FUSED: tl.constexpr):
+    """Row maxima of two tiles; FUSED as one reduction (one trip through shared memory)."""
+    if FUSED:
+        m_a, m_b = tl.reduce((a, b), 1, _max2)
+    else:
+        m_a = tl.max(a, axis=1)
+        m_b = tl.max(b, axis=1)
+    return m_a, m_b
+
+
+@triton.jit
+def _row_sum3(a, b, c, FUSED: tl.constexpr):
+    """Row sums of three tiles; FUSED as one reduction."""
+    if FUSED:
+        s_a, s_b, s_c = tl.reduce((a, b, c), 1, _add3)
+    else:
+        s_a = tl.sum(a, axis=1)
+        s_b = tl.sum(b, axis=1)
+        s_c = tl.sum(c, axis=1)
+    return s_a, s_b, s_c
+
+
+@triton.jit
+def _row_sum4(a, b, c, d, FUSED: tl.constexpr):
+    """Row sums of four tiles; FUSED as one reduction."""
+    if FUSED:
+        s_a, s_b, s_c, s_d = tl.reduce((a, b, c, d), 1, _add4)
+    else:
+        s_a, s_b, s_c = _row_sum3(a, b, c, False)
+        s_d = tl.sum(d, axis=1)
+    return s_a, s_b, s_c, s_d
+
+
+@triton.jit
+def _load_tile(s_ptr, t_ptr, starts, cols, n_cols):
+    """fp32 student and teacher tiles and the column mask; padded columns read -inf."""
+    col_ok = cols < n_cols
+    offs = starts[:, None] + cols[None, :]
+    s = tl.load(s_ptr + offs, mask=col_ok[None, :], other=float("-inf")).to(tl.float32)
+    tt = tl.load(t_ptr + offs, mask=col_ok[None, :], other=float("-inf")).to(tl.float32)
+    return s, tt, col_ok, offs
+
+
+@triton.jit
+def _label_logit(s_ptr, y_ptr, rows, n_rows, starts):
+    """Each row's class index y and student logit s[y] (one gathered load a row)."""
+    y = tl.load(y_ptr + tl.minimum(rows, n_rows - 1))
+    return y, tl.load(s_ptr + starts + y).to(tl.float32)
+
+
+@triton.jit
+def _exps(s, tt, col_ok, m_s, m_b, k_q):
+    """exp(s - m_s), exp((s - m_s) / t), exp((tt - m_b) / t) and the KL term's weight
+    exp((tt - m_b) / t) * ((tt - m_b) - (s - m_s)) (0 in padded columns) of one tile."""
+    ds = s - m_s[:, None]
+    db = tt - m_b[:, None]
+    e_s = tl.exp2(ds * LOG2E)
+    e_q = tl.exp2(ds * k_q)
+    e_r = tl.exp2(db * k_q)
+    return e_s, e_q, e_r, tl.where(col_ok[None, :], e_r * (db - ds), 0.0)
+
+
+@triton.jit
+def _store_grad(grad_ptr, offs, ok, e_s, e_q, e_r, cols, y, z_s, z_q, z_r, temp, alpha, grad_scale):
+    """Store alpha (p - onehot(y)) + (1 - alpha) t (q - r), times grad_scale, for one tile."""
+    c_kl = (1.0 - alpha) * temp * grad_scale
+    grad = (alpha * grad_scale / z_s)[:, None] * e_s + (c_kl / z_q)[:, None] * e_q - (c_kl / z_r)[:, None] * e_r
+    grad = tl.where(cols[None, :] == y[:, None], grad - alpha * grad_scale, grad)
+    tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit(do_not_specialize=["n_rows"])  # a short last batch must not recompile
@@ -117,62 +174,63 @@ def _kd_multiclass_kernel(
     s_ptr, t_ptr, y_ptr, loss_ptr, grad_ptr,
     n_rows, row_units, temp, inv_temp, alpha, inv_n, grad_scale,
     ALIGN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, NUM_TILES: tl.constexpr,
-    STORE_GRAD: tl.constexpr,
+    FUSED_REDUCE: tl.constexpr, STORE_GRAD: tl.constexpr,
 ):
-    """One program: BLOCK_B rows of softmax CE + temperature KL, loss partials and gradient."""
-    n_cols, rows, row_ok, base = _row_block(n_rows, row_units, ALIGN, BLOCK_B)
-    y = tl.load(y_ptr + rows, mask=row_ok, other=0)
+    """One program: BLOCK_B rows of softmax CE + temperature KL, loss partials and gradient.
+
+    With ds = s - max(s), db = z_t - max(z_t), all <= 0, every exponential is of a
+    non-positive number and max(s / t) = max(s) / t needs no reduction of its own:
+        p = exp(ds) / z_s,  q = exp(ds / t) / z_q,  r = exp(db / t) / z_r
+        CE = max(s) - s[y] + log z_s
+        KL = sum r (log r - log q) = sum exp(db / t) (db - ds) / (t z_r) + log(z_q / z_r)
+    (the last from sum r = 1).
+    """
+    n_cols, rows, row_ok, starts = _row_block(n_rows, row_units, ALIGN, BLOCK_B)
+    k_q = inv_temp * LOG2E
     if NUM_TILES == 1:
         # The whole row is in registers: one exp per softmax and element.
         cols = tl.arange(0, BLOCK_C)
-        s, tt, col_ok, ok = _load_tile(s_ptr, t_ptr, base, cols, row_ok, n_cols)
-        q_in = s * inv_temp
-        r_in = tt * inv_temp
-        m_s = tl.max(s, axis=1)
-        m_q = tl.max(q_in, axis=1)
-        m_r = tl.max(r_in, axis=1)
-        e_s = tl.exp(s - m_s[:, None])
-        e_q = tl.exp(q_in - m_q[:, None])
-        e_r = tl.exp(r_in - m_r[:, None])
-        z_s = tl.sum(e_s, axis=1)
-        z_q = tl.sum(e_q, axis=1)
-        z_r = tl.sum(e_r, axis=1)
-        loss, grad = _multiclass_tile(
-            s, e_s, q_in, e_q, r_in, e_r, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n, grad_scale
-        )
+        s, tt, col_ok, offs = _load_tile(s_ptr, t_ptr, starts, cols, n_cols)
+        y, s_y = _label_logit(s_ptr, y_ptr, rows, n_rows, starts)  # after the tile: their latencies overlap
+        m_s, m_b = _row_max2(s, tt, FUSED_REDUCE)
+        e_s, e_q, e_r, w = _exps(s, tt, col_ok, m_s, m_b, k_q)
+        z_s, z_q, z_r, kl_sum = _row_sum4(e_s, e_q, e_r, w, FUSED_REDUCE)
         if STORE_GRAD:
-            tl.store(grad_ptr + base + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=ok)
+            ok = row_ok[:, None] & col_ok[None, :]
+            _store_grad(grad_ptr, offs, ok, e_s, e_q, e_r, cols, y, z_s, z_q, z_r, temp, alpha, grad_scale)
     else:
-        # Pass 1: online max / sum-exp of the three softmaxes over all column tiles.
+        # Pass 1: online max and sum-exp of the three softmaxes over all column tiles.
         m_s = tl.full((BLOCK_B,), float("-inf"), tl.float32)
-        m_q = tl.full((BLOCK_B,), float("-inf"), tl.float32)
-        m_r = tl.full((BLOCK_B,), float("-inf"), tl.float32)
+        m_b = tl.full((BLOCK_B,), float("-inf"), tl.float32)
         z_s = tl.zeros((BLOCK_B,), tl.float32)
         z_q = tl.zeros((BLOCK_B,), tl.float32)
         z_r = tl.zeros((BLOCK_B,), tl.float32)
         for i in range(NUM_TILES):
             cols = i * BLOCK_C + tl.arange(0, BLOCK_C)
-            s, tt, col_ok, ok = _load_tile(s_ptr, t_ptr, base, cols, row_ok, n_cols)
-            m_s, z_s = _row_stats(s, m_s, z_s)
-            m_q, z_q = _row_stats(s * inv_temp, m_q, z_q)
-            m_r, z_r = _row_stats(tt * inv_temp, m_r, z_r)
-        # Pass 2: loss partials and gradient, tile by tile.
-        loss = tl.zeros((BLOCK_B,), tl.float32)
+            s, tt, col_ok, offs = _load_tile(s_ptr, t_ptr, starts, cols, n_cols)
+            tile_s, tile_b = _row_max2(s, tt, FUSED_REDUCE)
+            new_s = tl.maximum(m_s, tile_s)
+            new_b = tl.maximum(m_b, tile_b)
+            e_s, e_q, e_r, w = _exps(s, tt, col_ok, new_s, new_b, k_q)
+            sum_s, sum_q, sum_r = _row_sum3(e_s, e_q, e_r, FUSED_REDUCE)
+            z_s = z_s * tl.exp2((m_s - new_s) * LOG2E) + sum_s
+            z_q = z_q * tl.exp2((m_s - new_s) * k_q) + sum_q
+            z_r = z_r * tl.exp2((m_b - new_b) * k_q) + sum_r
+            m_s, m_b = new_s, new_b
+        # Pass 2: the KL sum and the gradient, tile by tile, from the final row stats.
+        y, s_y = _label_logit(s_ptr, y_ptr, rows, n_rows, starts)
+        kl_sum = tl.zeros((BLOCK_B,), tl.float32)
         for i in range(NUM_TILES):
             cols = i * BLOCK_C + tl.arange(0, BLOCK_C)
-            s, tt, col_ok, ok = _load_tile(s_ptr, t_ptr, base, cols, row_ok, n_cols)
-            q_in = s * inv_temp
-            r_in = tt * inv_temp
-            e_s = tl.exp(s - m_s[:, None])
-            e_q = tl.exp(q_in - m_q[:, None])
-            e_r = tl.exp(r_in - m_r[:, None])
-            part, grad = _multiclass_tile(
-                s, e_s, q_in, e_q, r_in, e_r, cols, col_ok, y, m_s, z_s, m_q, z_q, m_r, z_r, temp, alpha, inv_n, grad_scale
-            )
-            loss += part
+            s, tt, col_ok, offs = _load_tile(s_ptr, t_ptr, starts, cols, n_cols)
+            e_s, e_q, e_r, w = _exps(s, tt, col_ok, m_s, m_b, k_q)
+            kl_sum += tl.sum(w, axis=1)
             if STORE_GRAD:
-                tl.store(grad_ptr + base + cols[None, :], grad.to(grad_ptr.dtype.element_ty), mask=ok)
-    tl.store(loss_ptr + rows, loss, mask=row_ok)
+                ok = row_ok[:, None] & col_ok[None, :]
+                _store_grad(grad_ptr, offs, ok, e_s, e_q, e_r, cols, y, z_s, z_q, z_r, temp, alpha, grad_scale)
+    ce = (m_s - s_y) + tl.log(z_s)
+    kl = kl_sum * inv_temp / z_r + (tl.log(z_q) - tl.log(z_r))
+    tl.store(loss_ptr + rows, (alpha * ce + (1.0 - alpha) * temp * temp * kl) * inv_n, mask=row_ok)
 
 
 @triton.jit
@@ -197,12 +255,12 @@ def _kd_multilabel_kernel(
     STORE_GRAD: tl.constexpr,
 ):
     """One program: BLOCK_B rows of BCE-with-logits + Bernoulli KL at temperature t."""
-    n_cols, rows, row_ok, base = _row_block(n_rows, row_units, ALIGN, BLOCK_B)
+    n_cols, rows, row_ok, starts = _row_block(n_rows, row_units, ALIGN, BLOCK_B)
     loss = tl.zeros((BLOCK_B,), tl.float32)
     for i in range(NUM_TILES):
         cols = i * BLOCK_C + tl.arange(0, BLOCK_C)
         ok = row_ok[:, None] & (cols < n_cols)[None, :]
-        offs = base + cols[None, :]
+        offs = starts[:, None] + cols[None, :]
         s = tl.load(s_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         tt = tl.load(t_ptr + offs, mask=ok, other=0.0).to(tl.float32)
         y = tl.load(y_ptr + offs, mask=ok, other=0.0).to(tl.float32)
@@ -261,10 +319,11 @@ def launch_config(n_cols: int, multi_label: bool, max_block_c: int = MAX_BLOCK_C
     recompiles."""
     cap = min(max_block_c, MULTILABEL_BLOCK_C) if multi_label else max_block_c
     block_b, block_c, num_tiles = _block_sizes(n_cols, cap)
-    return {
+    config = {
         "ALIGN": _row_alignment(n_cols), "BLOCK_B": block_b, "BLOCK_C": block_c,
         "NUM_TILES": num_tiles, "num_warps": _num_warps(block_b * block_c),
     }
+    return config if multi_label else config | {"FUSED_REDUCE": FUSED_REDUCE}
 
 
 def kd_forward(
