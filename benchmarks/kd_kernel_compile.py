@@ -37,7 +37,7 @@ def compile_kernel(multi_label: bool, dtype: str, n_cols: int, target: GPUTarget
     """(compiled kernel, launch config) of the training-time launch for `dtype` logits of width n_cols."""
     kernel = kd_triton._kd_multilabel_kernel if multi_label else kd_triton._kd_multiclass_kernel
     config = kd_triton.launch_config(n_cols, multi_label)
-    constexprs = {k: v for k, v in config.items() if k not in ("num_warps", "PROGRAMS_PER_SM")} | {"STORE_GRAD": True}
+    constexprs = {k: v for k, v in config.items() if k != "num_warps"} | {"STORE_GRAD": True}
     ty = DTYPES[dtype]
     pointers = {"s_ptr": f"*{ty}", "t_ptr": f"*{ty}", "y_ptr": "*fp32" if multi_label else "*i64",
                 "loss_ptr": "*fp32", "grad_ptr": f"*{ty}"}
@@ -60,12 +60,9 @@ def compile_scale_kernel(dtype: str, n_cols: int, target: GPUTarget = SM90) -> o
 
 
 def widest_access(ptx: str, op: str) -> int:
-    """Bytes moved by the widest global load (op="ld": `ld.global`, or the `cp.async` copies
-    to shared memory of a pipelined loop) or `st.global` (op="st") in PTX text."""
+    """Bytes moved by the widest `ld.global` (op="ld") or `st.global` (op="st") in PTX text."""
     widths = [int(vec or 1) * int(bits) // 8
               for vec, bits in re.findall(rf"\b{op}\.global(?:\.[a-z_0-9]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b", ptx)]
-    if op == "ld":
-        widths += [int(size, 0) for size in re.findall(r"\bcp\.async\.\w+\.shared\.global\s*\[[^]]*\],\s*\[[^]]*\],\s*(\w+)", ptx)]
     if not widths:
         raise ValueError(f"no {op}.global instruction in the PTX")
     return max(widths)

@@ -6,10 +6,9 @@ the loss's work: backward only scales the kept gradient, and not even that for a
 `loss.backward()`) at each candidate tiling, so that one GPU session measures both the
 default and what to change it to. Multi-class, t=2, alpha=0.5; bytes as in kd_loss.py.
 
-Candidates per width C: BLOCK_C = next power of two of C, rows per block for tiles of 512
-to 8192 elements (one row where C alone is wider), 8, 16 or 32 elements a thread (1 to 32
-warps), each with 4, 8 or 16 programs per multiprocessor looping over the row blocks, or
-one program a block (0). Rows are printed as they are measured, so a run cut off by a time limit keeps
+Candidates per width C: BLOCK_C = next power of two of C, rows per program for tiles of
+512 to 8192 elements (one row where C alone is wider), 4, 8, 16 or 32 elements a thread (1
+to 32 warps), each with the row sums and maxima fused into one reduction or taken apart. Rows are printed as they are measured, so a run cut off by a time limit keeps
 them in its log; the table goes to --append at the end.
 
     python benchmarks/kd_kernel_tune.py [--quick] [--batch 65536] [--classes 1000,14] [--append benchmarks/RESULTS.md]
@@ -35,8 +34,7 @@ from kd_loss import ALPHA, T, bytes_moved, time_cpu  # noqa: E402
 from medal.kernels import kd_triton  # noqa: E402
 
 MIN_TILE, MAX_TILE = 512, 8192
-ELEMS_PER_THREAD = (8, 16, 32)
-PROGRAMS_PER_SM = (0, 4, 8, 16)
+ELEMS_PER_THREAD = (4, 8, 16, 32)
 
 
 def candidates(n_cols: int) -> list[dict[str, int]]:
@@ -49,9 +47,9 @@ def candidates(n_cols: int) -> list[dict[str, int]]:
         for per_thread in ELEMS_PER_THREAD:
             warps = rows * block_c // (32 * per_thread)
             if 1 <= warps <= 32:
-                configs += [default | {"BLOCK_B": rows, "num_warps": warps, "PROGRAMS_PER_SM": n} for n in PROGRAMS_PER_SM]
+                configs += [default | {"BLOCK_B": rows, "num_warps": warps, "FUSED_REDUCE": fused} for fused in (True, False)]
         rows *= 2
-    if default not in configs:  # the default's own warps or programs may fall outside the grid
+    if default not in configs:  # the default's own warps may fall outside the 4-32 per-thread grid
         configs.append(default)
     return configs
 
@@ -100,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                 gbps = bytes_moved(batch, c, dname) / (ms * 1e-3) / 1e9
                 per_thread = config["BLOCK_B"] * config["BLOCK_C"] // (32 * config["num_warps"])
                 rows.append([dname, c, config["BLOCK_B"], config["BLOCK_C"], config["num_warps"], per_thread,
-                             config["PROGRAMS_PER_SM"] or "one a block",
+                             "yes" if config["FUSED_REDUCE"] else "no",
                              f"{ms:.4f}", f"{gbps:.4g}", f"{100 * gbps / args.peak_gbps:.1f}" if cuda else "n/a",
                              "default" if config == default else ""])
                 print(" | ".join(map(str, rows[-1])), flush=True)
@@ -109,14 +107,14 @@ def main(argv: list[str] | None = None) -> None:
             best_ms, best = min(timed, key=lambda pair: pair[0])
             default_ms = next((ms for ms, config in timed if config == default), None)
             versus = f", default {default_ms:.4f} ms (x{default_ms / best_ms:.2f})" if default_ms else ""
-            notes.append(f"- {dname}, C={c}: fastest BLOCK_B={best['BLOCK_B']}, {best['num_warps']} warps, "
-                         f"{best['PROGRAMS_PER_SM'] or 'one program a block'} programs/SM "
+            fused = "fused" if best["FUSED_REDUCE"] else "separate"
+            notes.append(f"- {dname}, C={c}: fastest BLOCK_B={best['BLOCK_B']}, {best['num_warps']} warps, {fused} reductions "
                          f"at {best_ms:.4f} ms{versus}")
     timing = "device ms (host overhead hidden)" if cuda else "interpreter ms (smoke test, not a speed)"
     body = (f"forward kernel, multi-class, B={batch}, t={T}, alpha={ALPHA}, triton {triton.__version__}; "
             f"peak {args.peak_gbps:g} GB/s\n\n"
-            + table(["dtype", "C", "BLOCK_B", "BLOCK_C", "warps", "elems/thread", "programs/SM", timing, "GB/s",
-                     "% of peak", ""], rows, right=[False] + [True] * 9 + [False])
+            + table(["dtype", "C", "BLOCK_B", "BLOCK_C", "warps", "elems/thread", "fused reduce", timing, "GB/s",
+                     "% of peak", ""], rows, right=[False] + [True] * 5 + [False] + [True] * 3 + [False])
             + "\n\n" + "\n".join(notes))
     report("kd kernel tilings", body, args, torch.device(device))
 

@@ -45,7 +45,6 @@ does the batch size (n_rows is not specialised), only C, the dtypes and the task
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -65,22 +64,20 @@ MAX_BLOCK_B = 128
 # reduction element by element in Python (seconds for one row block of C=1000), so under it
 # the kernel takes the separate tl.max / tl.sum reductions: the same arithmetic.
 FUSED_REDUCE = os.environ.get("TRITON_INTERPRET", "0") != "1"
-# Multi-class programs per multiprocessor, each looping over row blocks (0: one program a block).
-PROGRAMS_PER_SM = 8
 
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * LOG2E): the GPU's exponential is base 2
 
 
 @triton.jit
-def _row_block(block, n_rows, row_units, ALIGN: tl.constexpr, BLOCK_B: tl.constexpr):
-    """Row block `block`: (width, row indices, row mask, element offsets of the row starts).
+def _row_block(n_rows, row_units, ALIGN: tl.constexpr, BLOCK_B: tl.constexpr):
+    """This program's rows: (width, row indices, row mask, element offsets of the row starts).
 
     The width is rebuilt as row_units * ALIGN, so Triton knows it is a multiple of ALIGN and
     emits vector loads and stores. Rows past the batch read the last row again (so loads need
     no row mask and every row's statistics are finite); their results are never stored."""
     n_cols = row_units * ALIGN
-    rows = block * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     starts = tl.minimum(rows, n_rows - 1).to(tl.int64) * n_cols
     return n_cols, rows, rows < n_rows, starts
 
@@ -172,14 +169,14 @@ def _store_grad(grad_ptr, offs, ok, e_s, e_q, e_r, cols, y, z_s, z_q, z_r, temp,
     tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=ok)
 
 
-@triton.jit
-def _multiclass_rows(
-    block, s_ptr, t_ptr, y_ptr, loss_ptr, grad_ptr,
+@triton.jit(do_not_specialize=["n_rows"])  # a short last batch must not recompile
+def _kd_multiclass_kernel(
+    s_ptr, t_ptr, y_ptr, loss_ptr, grad_ptr,
     n_rows, row_units, temp, inv_temp, alpha, inv_n, grad_scale,
     ALIGN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, NUM_TILES: tl.constexpr,
     FUSED_REDUCE: tl.constexpr, STORE_GRAD: tl.constexpr,
 ):
-    """Row block `block`: BLOCK_B rows of softmax CE + temperature KL, loss partials and gradient.
+    """One program: BLOCK_B rows of softmax CE + temperature KL, loss partials and gradient.
 
     With ds = s - max(s), db = z_t - max(z_t), all <= 0, every exponential is of a
     non-positive number and max(s / t) = max(s) / t needs no reduction of its own:
@@ -188,7 +185,7 @@ def _multiclass_rows(
         KL = sum r (log r - log q) = sum exp(db / t) (db - ds) / (t z_r) + log(z_q / z_r)
     (the last from sum r = 1).
     """
-    n_cols, rows, row_ok, starts = _row_block(block, n_rows, row_units, ALIGN, BLOCK_B)
+    n_cols, rows, row_ok, starts = _row_block(n_rows, row_units, ALIGN, BLOCK_B)
     k_q = inv_temp * LOG2E
     if NUM_TILES == 1:
         # The whole row is in registers: one exp per softmax and element.
@@ -236,24 +233,6 @@ def _multiclass_rows(
     tl.store(loss_ptr + rows, (alpha * ce + (1.0 - alpha) * temp * temp * kl) * inv_n, mask=row_ok)
 
 
-@triton.jit(do_not_specialize=["n_rows"])  # a short last batch must not recompile
-def _kd_multiclass_kernel(
-    s_ptr, t_ptr, y_ptr, loss_ptr, grad_ptr,
-    n_rows, row_units, temp, inv_temp, alpha, inv_n, grad_scale,
-    ALIGN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, NUM_TILES: tl.constexpr,
-    FUSED_REDUCE: tl.constexpr, NUM_STAGES: tl.constexpr, STORE_GRAD: tl.constexpr,
-):
-    """Each program takes row blocks pid, pid + programs, ...: with NUM_STAGES > 1 Triton
-    loads the next block's logits while this one is computed, so fewer programs than blocks
-    keep HBM busy (the work between a row's load and its store is too long for one
-    program a block to hide the load's latency)."""
-    for block in tl.range(tl.program_id(0), tl.cdiv(n_rows, BLOCK_B), tl.num_programs(0), num_stages=NUM_STAGES):
-        _multiclass_rows(
-            block, s_ptr, t_ptr, y_ptr, loss_ptr, grad_ptr, n_rows, row_units, temp, inv_temp, alpha, inv_n,
-            grad_scale, ALIGN, BLOCK_B, BLOCK_C, NUM_TILES, FUSED_REDUCE, STORE_GRAD,
-        )
-
-
 @triton.jit
 def _softplus_neg_abs(x):
     """log(1 + exp(-|x|)), accurate also where exp(-|x|) is below fp32 epsilon."""
@@ -276,7 +255,7 @@ def _kd_multilabel_kernel(
     STORE_GRAD: tl.constexpr,
 ):
     """One program: BLOCK_B rows of BCE-with-logits + Bernoulli KL at temperature t."""
-    n_cols, rows, row_ok, starts = _row_block(tl.program_id(0), n_rows, row_units, ALIGN, BLOCK_B)
+    n_cols, rows, row_ok, starts = _row_block(n_rows, row_units, ALIGN, BLOCK_B)
     loss = tl.zeros((BLOCK_B,), tl.float32)
     for i in range(NUM_TILES):
         cols = i * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -324,37 +303,27 @@ def _block_sizes(n_cols: int, max_block_c: int) -> tuple[int, int, int]:
     return block_b, block_c, triton.cdiv(n_cols, block_c)
 
 
-def _num_warps(tile_elems: int, per_thread: int) -> int:
-    """Warps for a tile of `tile_elems` at `per_thread` elements a thread: 32 at most, and
-    at least 4 for 8 a thread or 2 for 16 a thread (the fastest C=14 and C=1000 tiles)."""
-    return max(32 // per_thread, min(32, tile_elems // (32 * per_thread)))
+def _num_warps(tile_elems: int) -> int:
+    """Warps per program, for 8 elements a thread (4 warps for 1024 elements, 32 at most).
+
+    Eight a thread is the 1024-element, 4-warp tile that ran fastest on the H200, and keeps
+    registers low: 64 at C=1000 in the sm_90 compile, where an 8192 tile on 8 warps took 199
+    and left room for one program per SM.
+    """
+    return max(4, min(32, tile_elems // 256))
 
 
 def launch_config(n_cols: int, multi_label: bool, max_block_c: int = MAX_BLOCK_C) -> dict[str, int]:
-    """Compile-time parameters of one launch (tile, warps, stages) and the programs per SM:
+    """Compile-time parameters of one launch (ALIGN, BLOCK_B, BLOCK_C, NUM_TILES, num_warps):
     they depend on the width and task kind only, so a new t, alpha or batch size never
-    recompiles.
-
-    Rows as wide as a tile of 1024 take 16 elements a thread, narrower ones 8: on the H200,
-    C=1000 bf16 ran 1.24x faster on 2 warps than on 4, C=14 best on 8 a thread.
-    """
+    recompiles."""
     cap = min(max_block_c, MULTILABEL_BLOCK_C) if multi_label else max_block_c
     block_b, block_c, num_tiles = _block_sizes(n_cols, cap)
-    per_thread = 8 if multi_label or block_c < 1024 else 16
     config = {
         "ALIGN": _row_alignment(n_cols), "BLOCK_B": block_b, "BLOCK_C": block_c,
-        "NUM_TILES": num_tiles, "num_warps": _num_warps(block_b * block_c, per_thread),
+        "NUM_TILES": num_tiles, "num_warps": _num_warps(block_b * block_c),
     }
-    if multi_label:
-        return config
-    # One row tile in flight per loop turn: the next one is loaded while this one is computed.
-    stages = 2 if num_tiles == 1 else 1
-    return config | {"FUSED_REDUCE": FUSED_REDUCE, "NUM_STAGES": stages, "PROGRAMS_PER_SM": PROGRAMS_PER_SM}
-
-
-@functools.lru_cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return config if multi_label else config | {"FUSED_REDUCE": FUSED_REDUCE}
 
 
 def kd_forward(
@@ -370,9 +339,7 @@ def kd_forward(
     """Launch the kernel: returns (scalar fp32 loss, gradient or None, its pending scale).
 
     `config` overrides `launch_config`'s default (`KDLossFunction` passes the tests' tile
-    cap through it; `benchmarks/kd_kernel_tune.py` times other tilings). Its
-    PROGRAMS_PER_SM, where set and non-zero on CUDA, caps the multi-class grid at that many
-    programs per multiprocessor, each looping over row blocks; else each row block is a program.
+    cap through it; `benchmarks/kd_kernel_tune.py` times other tilings).
 
     The gradient is stored in the input dtype, batch-mean included (scale 1), except for
     fp16: there 1/B-sized entries would sink into fp16's subnormals, so it is stored
@@ -396,10 +363,8 @@ def kd_forward(
     pending = inv_n if s.dtype == torch.float16 else 1.0
     grad = torch.empty_like(s) if store_grad else None
     partial = torch.empty(n_rows, dtype=torch.float32, device=s.device)
-    config = dict(config or launch_config(n_cols, multi_label))
-    per_sm = config.pop("PROGRAMS_PER_SM", 0)
-    n_blocks = triton.cdiv(n_rows, config["BLOCK_B"])
-    grid = (min(n_blocks, per_sm * _sm_count(s.device.index or 0)) if per_sm and s.is_cuda else n_blocks,)
+    config = config or launch_config(n_cols, multi_label)
+    grid = (triton.cdiv(n_rows, config["BLOCK_B"]),)
     kernel[grid](
         s, tch, y, partial, s if grad is None else grad,  # without a gradient nothing is stored
         n_rows, n_cols // config["ALIGN"], float(t), 1.0 / float(t), float(alpha), float(inv_n),
