@@ -23,7 +23,7 @@ arithmetic is fp32 whatever the input dtype, so logits of +-1e4, all-equal rows 
 one-hot teachers give finite losses and gradients.
 
 Layout: one program handles BLOCK_B rows x BLOCK_C columns, BLOCK_C = next power of two
-of C, with 8 elements a thread. For C above MAX_BLOCK_C the multi-class kernel loops over
+of C, with 8 elements a thread (16 for rows of 1024 or more). For C above MAX_BLOCK_C the multi-class kernel loops over
 column tiles: a first pass keeps an online max / sum-exp per softmax, a second pass
 writes loss and gradient (so logits are read twice only in that case). The multi-label
 loss is element-wise: one pass, over tiles of at most MULTILABEL_BLOCK_C columns.
@@ -56,8 +56,8 @@ MAX_BLOCK_C = 8192  # widest column tile held in registers; wider C loops over t
 # its sm_90 compile spilled registers to the stack.
 MULTILABEL_BLOCK_C = 1024
 SCALE_BLOCK = 4096  # elements a program of backward's scaling kernel
-# BLOCK_B * BLOCK_C target. Measured on an H200 (B=65536, C=1000, bf16, forward kernel):
-# 1024 elements / 4 warps ran in 0.33 ms, 4096 / 8 warps in 0.69 ms; small tiles win.
+# BLOCK_B * BLOCK_C target. On an H200 (B=65536, C=1000, bf16, forward kernel, 16 elements a
+# thread) row blocks of 1, 2, 4 and 8 rows ran in 0.142, 0.168, 0.209 and 0.257 ms: small tiles win.
 ELEMS_PER_PROGRAM = 1024
 MAX_BLOCK_B = 128
 # Row sums and maxima as one multi-operand reduction each. Triton's interpreter runs such a
@@ -303,25 +303,28 @@ def _block_sizes(n_cols: int, max_block_c: int) -> tuple[int, int, int]:
     return block_b, block_c, triton.cdiv(n_cols, block_c)
 
 
-def _num_warps(tile_elems: int) -> int:
-    """Warps per program, for 8 elements a thread (4 warps for 1024 elements, 32 at most).
-
-    Eight a thread is the 1024-element, 4-warp tile that ran fastest on the H200, and keeps
-    registers low: 64 at C=1000 in the sm_90 compile, where an 8192 tile on 8 warps took 199
-    and left room for one program per SM.
-    """
-    return max(4, min(32, tile_elems // 256))
+def _num_warps(tile_elems: int, per_thread: int) -> int:
+    """Warps for a tile of `tile_elems` at `per_thread` elements a thread: 32 at most, and
+    at least 4 for 8 a thread or 2 for 16 a thread."""
+    return max(32 // per_thread, min(32, tile_elems // (32 * per_thread)))
 
 
 def launch_config(n_cols: int, multi_label: bool, max_block_c: int = MAX_BLOCK_C) -> dict[str, int]:
-    """Compile-time parameters of one launch (ALIGN, BLOCK_B, BLOCK_C, NUM_TILES, num_warps):
-    they depend on the width and task kind only, so a new t, alpha or batch size never
-    recompiles."""
+    """Compile-time parameters of one launch (ALIGN, BLOCK_B, BLOCK_C, NUM_TILES, num_warps,
+    and FUSED_REDUCE for multi-class): they depend on the width and task kind only, so a new
+    t, alpha or batch size never recompiles.
+
+    Multi-class rows of a 1024-element tile or wider take 16 elements a thread, narrower
+    ones 8. On an H200 (B=65536, forward kernel, device time) C=1000 ran in 0.142 ms on
+    2 warps against 0.176 ms on 4 in bf16, and 0.203 against 0.202 ms in fp32; C=14 ran
+    best at 8 a thread.
+    """
     cap = min(max_block_c, MULTILABEL_BLOCK_C) if multi_label else max_block_c
     block_b, block_c, num_tiles = _block_sizes(n_cols, cap)
+    per_thread = 8 if multi_label or block_c < 1024 else 16
     config = {
         "ALIGN": _row_alignment(n_cols), "BLOCK_B": block_b, "BLOCK_C": block_c,
-        "NUM_TILES": num_tiles, "num_warps": _num_warps(block_b * block_c),
+        "NUM_TILES": num_tiles, "num_warps": _num_warps(block_b * block_c, per_thread),
     }
     return config if multi_label else config | {"FUSED_REDUCE": FUSED_REDUCE}
 
