@@ -82,6 +82,7 @@ def _row_block(n_rows, row_units, ALIGN: tl.constexpr, BLOCK_B: tl.constexpr):
     return n_cols, rows, rows < n_rows, starts
 
 
+# Combine functions of the multi-operand reductions below.
 @triton.jit
 def _max2(a0, b0, a1, b1):
     return tl.maximum(a0, a1), tl.maximum(b0, b1)
