@@ -8,8 +8,12 @@ default and what to change it to. Multi-class, t=2, alpha=0.5; bytes as in kd_lo
 
 Candidates per width C: BLOCK_C = next power of two of C, rows per program for tiles of
 512 to 8192 elements (one row where C alone is wider), 4, 8, 16 or 32 elements a thread (1
-to 32 warps), each with the row sums and maxima fused into one reduction or taken apart. Rows are printed as they are measured, so a run cut off by a time limit keeps
-them in its log; the table goes to --append at the end.
+to 32 warps), each with each row's logs and reciprocals as fast approximate instructions
+or exact (FAST_MATH), and the default tiling also with the row sums and maxima taken apart
+instead of fused into one reduction (FUSED_REDUCE; fused won or tied at every tiling on the
+H200). Under the interpreter, which has neither, only exact math. Rows are printed as they
+are measured, so a run cut off by a time limit keeps them in its log; the table goes to
+--append at the end.
 
     python benchmarks/kd_kernel_tune.py [--quick] [--batch 65536] [--classes 1000,14] [--append benchmarks/RESULTS.md]
 
@@ -41,17 +45,18 @@ def candidates(n_cols: int) -> list[dict[str, int]]:
     """Launch configs for multi-class rows of width n_cols (one column tile, the default's)."""
     default = kd_triton.launch_config(n_cols, multi_label=False)
     block_c = default["BLOCK_C"]
+    maths = (True, False) if kd_triton.COMPILED else (False,)
     configs = []
     rows = max(1, MIN_TILE // block_c)
     while rows * block_c <= max(MAX_TILE, block_c):
         for per_thread in ELEMS_PER_THREAD:
             warps = rows * block_c // (32 * per_thread)
             if 1 <= warps <= 32:
-                configs += [default | {"BLOCK_B": rows, "num_warps": warps, "FUSED_REDUCE": fused} for fused in (True, False)]
+                configs += [default | {"BLOCK_B": rows, "num_warps": warps, "FAST_MATH": fast} for fast in maths]
         rows *= 2
     if default not in configs:  # the default's own warps may fall outside the 4-32 per-thread grid
         configs.append(default)
-    return configs
+    return configs + [default | {"FUSED_REDUCE": not default["FUSED_REDUCE"]}]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                 gbps = bytes_moved(batch, c, dname) / (ms * 1e-3) / 1e9
                 per_thread = config["BLOCK_B"] * config["BLOCK_C"] // (32 * config["num_warps"])
                 rows.append([dname, c, config["BLOCK_B"], config["BLOCK_C"], config["num_warps"], per_thread,
-                             "yes" if config["FUSED_REDUCE"] else "no",
+                             "yes" if config["FAST_MATH"] else "no", "yes" if config["FUSED_REDUCE"] else "no",
                              f"{ms:.4f}", f"{gbps:.4g}", f"{100 * gbps / args.peak_gbps:.1f}" if cuda else "n/a",
                              "default" if config == default else ""])
                 print(" | ".join(map(str, rows[-1])), flush=True)
@@ -107,14 +112,15 @@ def main(argv: list[str] | None = None) -> None:
             best_ms, best = min(timed, key=lambda pair: pair[0])
             default_ms = next((ms for ms, config in timed if config == default), None)
             versus = f", default {default_ms:.4f} ms (x{default_ms / best_ms:.2f})" if default_ms else ""
+            math = "fast" if best["FAST_MATH"] else "exact"
             fused = "fused" if best["FUSED_REDUCE"] else "separate"
-            notes.append(f"- {dname}, C={c}: fastest BLOCK_B={best['BLOCK_B']}, {best['num_warps']} warps, {fused} reductions "
-                         f"at {best_ms:.4f} ms{versus}")
+            notes.append(f"- {dname}, C={c}: fastest BLOCK_B={best['BLOCK_B']}, {best['num_warps']} warps, {math} math, "
+                         f"{fused} reductions at {best_ms:.4f} ms{versus}")
     timing = "device ms (host overhead hidden)" if cuda else "interpreter ms (smoke test, not a speed)"
     body = (f"forward kernel, multi-class, B={batch}, t={T}, alpha={ALPHA}, triton {triton.__version__}; "
             f"peak {args.peak_gbps:g} GB/s\n\n"
-            + table(["dtype", "C", "BLOCK_B", "BLOCK_C", "warps", "elems/thread", "fused reduce", timing, "GB/s",
-                     "% of peak", ""], rows, right=[False] + [True] * 5 + [False] + [True] * 3 + [False])
+            + table(["dtype", "C", "BLOCK_B", "BLOCK_C", "warps", "elems/thread", "fast math", "fused reduce", timing,
+                     "GB/s", "% of peak", ""], rows, right=[False] + [True] * 5 + [False] * 2 + [True] * 3 + [False])
             + "\n\n" + "\n".join(notes))
     report("kd kernel tilings", body, args, torch.device(device))
 

@@ -237,6 +237,22 @@ def test_kernel_compiles_to_16_byte_vector_accesses(kind: str, dtype: str, n_col
         assert resource_usage(kernel.asm["cubin"])["stack"] == 0
 
 
+@needs_triton
+def test_compiled_kernel_takes_the_fast_row_math() -> None:
+    """Compiled, each row's logs and divisions are the GPU's approximate instructions
+    (FAST_MATH). The interpreter cannot run them, so on a CPU this is what CI can check of
+    that path: it compiles for sm_90 and holds no exact division or libdevice log sequence.
+    Its numbers are checked on CUDA, by the gpu tests below."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from kd_kernel_compile import compile_kernel
+
+    compiled, config = compile_kernel(False, "bfloat16", 1000)
+    ptx = compiled.asm["ptx"]
+    assert config["FAST_MATH"]
+    assert "lg2.approx" in ptx and "div.approx" in ptx
+    assert "div.full" not in ptx and "div.rn" not in ptx
+
+
 def _cuda_available() -> bool:
     try:
         import torch

@@ -20,7 +20,8 @@ B * C (BCE-with-logits plus the Bernoulli KL at temperature t).
 
 Numerics: every softmax keeps its max and sum apart (log p = (x - m) - log Z), all
 arithmetic is fp32 whatever the input dtype, so logits of +-1e4, all-equal rows and
-one-hot teachers give finite losses and gradients.
+one-hot teachers give finite losses and gradients. Compiled, exponentials, logs and
+divisions are the GPU's approximate instructions (see FAST_MATH); interpreted, exact ones.
 
 Layout: one program handles BLOCK_B rows x BLOCK_C columns, BLOCK_C = next power of two
 of C, with 8 elements a thread (16 for rows of 1024 or more). For C above MAX_BLOCK_C the multi-class kernel loops over
@@ -50,6 +51,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 MAX_BLOCK_C = 8192  # widest column tile held in registers; wider C loops over tiles
 # The multi-label loss is element-wise, so wide tiles buy nothing there: at 8192 columns
@@ -60,10 +62,21 @@ SCALE_BLOCK = 4096  # elements a program of backward's scaling kernel
 # thread) row blocks of 1, 2, 4 and 8 rows ran in 0.142, 0.168, 0.209 and 0.257 ms: small tiles win.
 ELEMS_PER_PROGRAM = 1024
 MAX_BLOCK_B = 128
-# Row sums and maxima as one multi-operand reduction each. Triton's interpreter runs such a
-# reduction element by element in Python (seconds for one row block of C=1000), so under it
-# the kernel takes the separate tl.max / tl.sum reductions: the same arithmetic.
-FUSED_REDUCE = os.environ.get("TRITON_INTERPRET", "0") != "1"
+# Two launch options for compiled kernels that Triton's interpreter cannot take, so under it
+# the kernel runs the plain form of the same arithmetic:
+# - FUSED_REDUCE: row sums and maxima as one multi-operand reduction each (the interpreter
+#   runs those element by element in Python: seconds for one row block of C=1000);
+# - FAST_MATH: each row's logs and reciprocals as the GPU's approximate instructions
+#   (libdevice's fast_logf / fast_dividef, which the interpreter lacks) instead of ~30- and
+#   ~9-instruction exact sequences. Every thread repeats its row's scalar work, so at
+#   C=1000 on 2 warps the exact ones were a sixth of the kernel's instructions. CUDA's
+#   documented bounds: __logf within 2^-21.4 absolute on [0.5, 2] and 3 ulp elsewhere,
+#   __fdividef within 2 ulp for divisors in [2^-126, 2^126]. Here every divisor is a row sum
+#   in [1, C] (each includes exp(0)) and every log is of such a sum or of a ratio of two;
+#   a small KL needs q close to r, so its log(z_q / z_r) falls in [0.5, 2].
+COMPILED = os.environ.get("TRITON_INTERPRET", "0") != "1"
+FUSED_REDUCE = COMPILED
+FAST_MATH = COMPILED
 
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * LOG2E): the GPU's exponential is base 2
@@ -133,6 +146,22 @@ def _row_sum4(a, b, c, d, FUSED: tl.constexpr):
 
 
 @triton.jit
+def _log(x, FAST: tl.constexpr):
+    """Natural log; FAST as the approximate lg2 instruction (see FAST_MATH)."""
+    if FAST:
+        return libdevice.fast_logf(x)
+    return tl.log(x)
+
+
+@triton.jit
+def _div(x, y, FAST: tl.constexpr):
+    """x / y; FAST as the approximate division (see FAST_MATH)."""
+    if FAST:
+        return libdevice.fast_dividef(x, y)
+    return x / y
+
+
+@triton.jit
 def _load_tile(s_ptr, t_ptr, starts, cols, n_cols):
     """fp32 student and teacher tiles and the column mask; padded columns read -inf."""
     col_ok = cols < n_cols
@@ -144,8 +173,9 @@ def _load_tile(s_ptr, t_ptr, starts, cols, n_cols):
 
 @triton.jit
 def _label_logit(s_ptr, y_ptr, rows, n_rows, starts):
-    """Each row's class index y and student logit s[y] (one gathered load a row)."""
-    y = tl.load(y_ptr + tl.minimum(rows, n_rows - 1))
+    """Each row's class index y and student logit s[y] (one gathered load a row). y as int32:
+    the gradient compares it with every column, one instruction an element (two in int64)."""
+    y = tl.load(y_ptr + tl.minimum(rows, n_rows - 1)).to(tl.int32)
     return y, tl.load(s_ptr + starts + y).to(tl.float32)
 
 
@@ -162,10 +192,14 @@ def _exps(s, tt, col_ok, m_s, m_b, k_q):
 
 
 @triton.jit
-def _store_grad(grad_ptr, offs, ok, e_s, e_q, e_r, cols, y, z_s, z_q, z_r, temp, alpha, grad_scale):
+def _store_grad(grad_ptr, offs, ok, e_s, e_q, e_r, cols, y, z_s, z_q, z_r, temp, alpha, grad_scale,
+                FAST_MATH: tl.constexpr):
     """Store alpha (p - onehot(y)) + (1 - alpha) t (q - r), times grad_scale, for one tile."""
     c_kl = (1.0 - alpha) * temp * grad_scale
-    grad = (alpha * grad_scale / z_s)[:, None] * e_s + (c_kl / z_q)[:, None] * e_q - (c_kl / z_r)[:, None] * e_r
+    c_s = _div(alpha * grad_scale, z_s, FAST_MATH)
+    c_q = _div(c_kl, z_q, FAST_MATH)
+    c_r = _div(c_kl, z_r, FAST_MATH)
+    grad = c_s[:, None] * e_s + c_q[:, None] * e_q - c_r[:, None] * e_r
     grad = tl.where(cols[None, :] == y[:, None], grad - alpha * grad_scale, grad)
     tl.store(grad_ptr + offs, grad.to(grad_ptr.dtype.element_ty), mask=ok)
 
@@ -175,7 +209,7 @@ def _kd_multiclass_kernel(
     s_ptr, t_ptr, y_ptr, loss_ptr, grad_ptr,
     n_rows, row_units, temp, inv_temp, alpha, inv_n, grad_scale,
     ALIGN: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, NUM_TILES: tl.constexpr,
-    FUSED_REDUCE: tl.constexpr, STORE_GRAD: tl.constexpr,
+    FUSED_REDUCE: tl.constexpr, FAST_MATH: tl.constexpr, STORE_GRAD: tl.constexpr,
 ):
     """One program: BLOCK_B rows of softmax CE + temperature KL, loss partials and gradient.
 
@@ -184,7 +218,7 @@ def _kd_multiclass_kernel(
         p = exp(ds) / z_s,  q = exp(ds / t) / z_q,  r = exp(db / t) / z_r
         CE = max(s) - s[y] + log z_s
         KL = sum r (log r - log q) = sum exp(db / t) (db - ds) / (t z_r) + log(z_q / z_r)
-    (the last from sum r = 1).
+    (the last from sum r = 1): four divisions and two logs a row.
     """
     n_cols, rows, row_ok, starts = _row_block(n_rows, row_units, ALIGN, BLOCK_B)
     k_q = inv_temp * LOG2E
@@ -198,7 +232,7 @@ def _kd_multiclass_kernel(
         z_s, z_q, z_r, kl_sum = _row_sum4(e_s, e_q, e_r, w, FUSED_REDUCE)
         if STORE_GRAD:
             ok = row_ok[:, None] & col_ok[None, :]
-            _store_grad(grad_ptr, offs, ok, e_s, e_q, e_r, cols, y, z_s, z_q, z_r, temp, alpha, grad_scale)
+            _store_grad(grad_ptr, offs, ok, e_s, e_q, e_r, cols, y, z_s, z_q, z_r, temp, alpha, grad_scale, FAST_MATH)
     else:
         # Pass 1: online max and sum-exp of the three softmaxes over all column tiles.
         m_s = tl.full((BLOCK_B,), float("-inf"), tl.float32)
@@ -228,9 +262,11 @@ def _kd_multiclass_kernel(
             kl_sum += tl.sum(w, axis=1)
             if STORE_GRAD:
                 ok = row_ok[:, None] & col_ok[None, :]
-                _store_grad(grad_ptr, offs, ok, e_s, e_q, e_r, cols, y, z_s, z_q, z_r, temp, alpha, grad_scale)
-    ce = (m_s - s_y) + tl.log(z_s)
-    kl = kl_sum * inv_temp / z_r + (tl.log(z_q) - tl.log(z_r))
+                _store_grad(grad_ptr, offs, ok, e_s, e_q, e_r, cols, y, z_s, z_q, z_r, temp, alpha, grad_scale,
+                            FAST_MATH)
+    ce = (m_s - s_y) + _log(z_s, FAST_MATH)
+    rz_r = _div(1.0, z_r, FAST_MATH)
+    kl = kl_sum * inv_temp * rz_r + _log(z_q * rz_r, FAST_MATH)
     tl.store(loss_ptr + rows, (alpha * ce + (1.0 - alpha) * temp * temp * kl) * inv_n, mask=row_ok)
 
 
@@ -312,7 +348,7 @@ def _num_warps(tile_elems: int, per_thread: int) -> int:
 
 def launch_config(n_cols: int, multi_label: bool, max_block_c: int = MAX_BLOCK_C) -> dict[str, int]:
     """Compile-time parameters of one launch (ALIGN, BLOCK_B, BLOCK_C, NUM_TILES, num_warps,
-    and FUSED_REDUCE for multi-class): they depend on the width and task kind only, so a new
+    and FUSED_REDUCE and FAST_MATH for multi-class): they depend on the width and task kind only, so a new
     t, alpha or batch size never recompiles.
 
     Multi-class rows of a 1024-element tile or wider take 16 elements a thread, narrower
@@ -327,7 +363,7 @@ def launch_config(n_cols: int, multi_label: bool, max_block_c: int = MAX_BLOCK_C
         "ALIGN": _row_alignment(n_cols), "BLOCK_B": block_b, "BLOCK_C": block_c,
         "NUM_TILES": num_tiles, "num_warps": _num_warps(block_b * block_c, per_thread),
     }
-    return config if multi_label else config | {"FUSED_REDUCE": FUSED_REDUCE}
+    return config if multi_label else config | {"FUSED_REDUCE": FUSED_REDUCE, "FAST_MATH": FAST_MATH}
 
 
 def kd_forward(
