@@ -161,6 +161,26 @@ def run_dispatch_check() -> list[str]:
     return problems
 
 
+def run_scale_check(device: str = "cpu") -> list[str]:
+    """Backward's in-place scaling with fewer programs than blocks (each program loops over
+    several, as at B * C above SCALE_PROGRAMS * SCALE_BLOCK) and a short last block; and a
+    factor of 1, which leaves the gradient untouched."""
+    import torch
+
+    from medal.kernels.kd_triton import _scale_in_place_kernel
+
+    problems = []
+    for factor, dtype in ((2.5, torch.float32), (0.5, torch.bfloat16), (1.0, torch.float32)):
+        x = torch.arange(1, 201, dtype=torch.float32, device=device).to(dtype)  # 12.5 blocks of 16
+        g = torch.tensor(factor / 4, dtype=torch.float32, device=device)
+        _scale_in_place_kernel[(3,)](x, g, 4.0, 200 // 8, ALIGN=8, BLOCK=16)
+        expected = (torch.arange(1, 201, dtype=torch.float32, device=device) * factor).to(dtype)
+        if not torch.equal(x, expected):
+            wrong = (x != expected).nonzero().flatten().tolist()
+            problems.append(f"scale by {factor} in {dtype}: wrong at {wrong[:10]}")
+    return problems
+
+
 def run_tiling_check(device: str = "cpu") -> list[str]:
     """Every tiling `benchmarks/kd_kernel_tune.py` may time (and so suggest as a new default)
     gives the reference's loss and gradient, with a batch that leaves the last row block short."""
@@ -211,6 +231,7 @@ def test_kernel_matches_reference_under_interpreter(kind: str) -> None:
     assert not summary["failures"], "\n".join(summary["failures"][:20])
     if kind == "multi-class":
         assert not summary["dispatch"], "\n".join(summary["dispatch"])
+        assert summary["scale"] == [], "\n".join(summary["scale"])
         assert summary["tilings"] == [], "\n".join(summary["tilings"])
 
 
@@ -270,6 +291,7 @@ def test_kernel_matches_reference_on_cuda(kind: str) -> None:
     assert not summary["failures"], "\n".join(summary["failures"][:20])
     if kind == "multi-class":
         assert run_tiling_check("cuda") == []
+        assert run_scale_check("cuda") == []
 
 
 @pytest.mark.gpu
@@ -310,6 +332,7 @@ if __name__ == "__main__":
     result = run_cases(sys.argv[1])
     if sys.argv[1] == "multi-class":
         result["dispatch"] = run_dispatch_check()
+        result["scale"] = run_scale_check()
         result["tilings"] = run_tiling_check()
     from triton import knobs
 
