@@ -177,11 +177,10 @@ def _load_tile(s_ptr, t_ptr, starts, cols, n_cols):
 
 
 @triton.jit
-def _label_logit(s_ptr, y_ptr, rows, n_rows, starts):
-    """Each row's class index y and student logit s[y] (one gathered load a row). y as int32:
-    the gradient compares it with every column, one instruction an element (two in int64)."""
-    y = tl.load(y_ptr + tl.minimum(rows, n_rows - 1)).to(tl.int32)
-    return y, tl.load(s_ptr + starts + y).to(tl.float32)
+def _labels(y_ptr, rows, n_rows):
+    """Each row's class index y, as int32: the gradient compares it with every column, one
+    instruction an element (two in int64)."""
+    return tl.load(y_ptr + tl.minimum(rows, n_rows - 1)).to(tl.int32)
 
 
 @triton.jit
@@ -231,7 +230,8 @@ def _kd_multiclass_kernel(
         # The whole row is in registers: one exp per softmax and element.
         cols = tl.arange(0, BLOCK_C)
         s, tt, col_ok, offs = _load_tile(s_ptr, t_ptr, starts, cols, n_cols)
-        y, s_y = _label_logit(s_ptr, y_ptr, rows, n_rows, starts)  # after the tile: their latencies overlap
+        y = _labels(y_ptr, rows, n_rows)  # after the tile: their latencies overlap
+        s_y = tl.load(s_ptr + starts + y).to(tl.float32)  # one gathered load a row
         m_s, m_b = _row_max2(s, tt, FUSED_REDUCE)
         e_s, e_q, e_r, w = _exps(s, tt, col_ok, m_s, m_b, k_q)
         z_s, z_q, z_r, kl_sum = _row_sum4(e_s, e_q, e_r, w, FUSED_REDUCE)
@@ -258,7 +258,7 @@ def _kd_multiclass_kernel(
             z_r = z_r * tl.exp2((m_b - new_b) * k_q) + sum_r
             m_s, m_b = new_s, new_b
         # Pass 2: the KL sum and the gradient, tile by tile, from the final row stats.
-        y, s_y = _label_logit(s_ptr, y_ptr, rows, n_rows, starts)
+        y = _labels(y_ptr, rows, n_rows)
         kl_sum = tl.zeros((BLOCK_B,), tl.float32)
         for i in range(NUM_TILES):
             cols = i * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -269,6 +269,7 @@ def _kd_multiclass_kernel(
                 ok = row_ok[:, None] & col_ok[None, :]
                 _store_grad(grad_ptr, offs, ok, e_s, e_q, e_r, cols, y, z_s, z_q, z_r, temp, alpha, grad_scale,
                             FAST_MATH)
+        s_y = tl.load(s_ptr + starts + y).to(tl.float32)  # after the loop: not held through it (fp16 spilled)
     ce = (m_s - s_y) + _log(z_s, FAST_MATH)
     rz_r = _div(1.0, z_r, FAST_MATH)
     kl = kl_sum * inv_temp * rz_r + _log(z_q * rz_r, FAST_MATH)
