@@ -94,7 +94,7 @@ def seconds_per_call(fn: Callable[[int], object], calls: int, warmup: int, devic
     return (time.perf_counter() - start) / calls
 
 
-L2_FLUSH_BYTES = 256 * 2**20  # more than any GPU's L2 (H100/H200: 50 MB), as triton.testing.do_bench flushes
+L2_FLUSH_BYTES = 256 * 2**20  # more than any GPU's L2 (H100: 50 MB, H200: 60 MB), as triton.testing.do_bench flushes
 
 
 def device_ms(step: Callable[[], object], reps: int = 10) -> float | None:
@@ -106,6 +106,8 @@ def device_ms(step: Callable[[], object], reps: int = 10) -> float | None:
     GPU and that overhead is hidden. Here too: the GPU is stalled (torch.cuda._sleep) while
     every rep is queued, each after an L2 flush, between two events; if the stall ended
     before the host had queued them all, it is lengthened and the reps are run again.
+    The flush reads a buffer larger than L2 (do_bench writes one): written, it would leave L2
+    full of dirty lines whose write-back, up to an L2's worth, is charged to the timed step.
     Few reps: a stream holds about 1,000 pending launches, and a host that blocks on a full
     queue would look like a host that syncs (the eager loss launches ~30 kernels a rep).
     """
@@ -118,7 +120,7 @@ def device_ms(step: Callable[[], object], reps: int = 10) -> float | None:
         stall = torch.cuda.Event()
         stall.record()
         for start, end in events:
-            flush.zero_()
+            flush.sum()
             start.record()
             step()
             end.record()
