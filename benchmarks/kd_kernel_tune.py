@@ -8,7 +8,7 @@ default and what to change it to. Multi-class, t=2, alpha=0.5; bytes as in kd_lo
 
 Candidates per width C: BLOCK_C = next power of two of C, rows per program for tiles of
 512 to 8192 elements (one row where C alone is wider), 4, 8, 16 or 32 elements a thread (1
-to 32 warps), each with each row's logs and reciprocals as fast approximate instructions
+to 32 warps), each with each row's logs and divisions as fast approximate instructions
 or exact (FAST_MATH), and the default tiling also with the row sums and maxima taken apart
 instead of fused into one reduction (FUSED_REDUCE; fused won or tied at every tiling on the
 H200). Under the interpreter, which has neither, only exact math. Rows are printed as they
@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> None:
             best_ms, best = min(timed, key=lambda pair: pair[0])
             default_ms = next((ms for ms, config in timed if config == default), None)
             versus = f", default {default_ms:.4f} ms (x{default_ms / best_ms:.2f})" if default_ms else ""
-            math = "fast" if best["FAST_MATH"] else "exact"
+            arithmetic = "fast" if best["FAST_MATH"] else "exact"
             fused = "fused" if best["FUSED_REDUCE"] else "separate"
-            notes.append(f"- {dname}, C={c}: fastest BLOCK_B={best['BLOCK_B']}, {best['num_warps']} warps, {math} math, "
-                         f"{fused} reductions at {best_ms:.4f} ms{versus}")
+            notes.append(f"- {dname}, C={c}: fastest BLOCK_B={best['BLOCK_B']}, {best['num_warps']} warps, "
+                         f"{arithmetic} math, {fused} reductions at {best_ms:.4f} ms{versus}")
     timing = "device ms (host overhead hidden)" if cuda else "interpreter ms (smoke test, not a speed)"
     body = (f"forward kernel, multi-class, B={batch}, t={T}, alpha={ALPHA}, triton {triton.__version__}; "
             f"peak {args.peak_gbps:g} GB/s\n\n"

@@ -71,7 +71,7 @@ MAX_BLOCK_B = 128
 # the kernel runs the plain form of the same arithmetic:
 # - FUSED_REDUCE: row sums and maxima as one multi-operand reduction each (the interpreter
 #   runs those element by element in Python: seconds for one row block of C=1000);
-# - FAST_MATH: each row's logs and reciprocals as the GPU's approximate instructions
+# - FAST_MATH: each row's logs and divisions as the GPU's approximate instructions
 #   (libdevice's fast_logf / fast_dividef, which the interpreter lacks) instead of ~30- and
 #   ~9-instruction exact sequences. Every thread repeats its row's scalar work, so at
 #   C=1000 on 2 warps the exact ones were a sixth of the kernel's instructions. CUDA's
