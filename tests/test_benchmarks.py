@@ -116,7 +116,7 @@ def test_kd_kernel_tune(tmp_path):
                            "--append", str(results)], capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in results.read_text().splitlines() if line.startswith("| bfloat16 | 14 |")]
-    assert len(lines) == 2 and all(number(line.split("|")[9]) > 0 for line in lines)
+    assert len(lines) == 2 and all(number(line.split("|")[10]) > 0 for line in lines)
     assert "fastest BLOCK_B=" in proc.stdout
 
     sys.path.insert(0, str(BENCHMARKS))
