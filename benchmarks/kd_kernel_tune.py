@@ -13,9 +13,9 @@ or exact (FAST_MATH); and the default tiling also with the row sums and maxima t
 instead of fused into one reduction (FUSED_REDUCE; fused won or tied at every tiling on the
 H200), and capped at 128, 96 or 80 registers a thread (maxnreg: at C=1000 the default takes
 95, so 10 programs of 2 warps fit an SM; at 80, 12 fit, for ~3 % more instructions and no
-spills in the sm_90 compile). Under the interpreter, which has no fast math, exact math only. Rows are printed as they
-are measured, so a run cut off by a time limit keeps them in its log; the table goes to
---append at the end.
+spills in the sm_90 compile). Where fast math is off (the interpreter, ROCm), exact only.
+Rows are printed as they are measured, so a run cut off by a time limit keeps them in its
+log; the table goes to --append at the end.
 
     python benchmarks/kd_kernel_tune.py [--quick] [--batch 65536] [--classes 1000,14] [--append benchmarks/RESULTS.md]
 
@@ -48,7 +48,7 @@ def candidates(n_cols: int) -> list[dict[str, int]]:
     """Launch configs for multi-class rows of width n_cols (one column tile, the default's)."""
     default = kd_triton.launch_config(n_cols, multi_label=False)
     block_c = default["BLOCK_C"]
-    maths = (True, False) if kd_triton.COMPILED else (False,)
+    maths = (True, False) if kd_triton.FAST_MATH else (False,)
     configs = []
     rows = max(1, MIN_TILE // block_c)
     while rows * block_c <= max(MAX_TILE, block_c):

@@ -78,10 +78,11 @@ MAX_BLOCK_B = 128
 #   documented bounds: __logf within 2^-21.4 absolute on [0.5, 2] and 3 ulp elsewhere,
 #   __fdividef within 2 ulp for divisors in [2^-126, 2^126]. Here every divisor is a row sum
 #   in [1, C] (each includes exp(0)) and every log is of such a sum or of a ratio of two;
-#   a small KL needs q close to r, so its log(z_q / z_r) falls in [0.5, 2].
+#   a small KL needs q close to r, so its log(z_q / z_r) falls in [0.5, 2]. Off on ROCm
+#   builds of torch, whose Triton libdevice has no fast_logf.
 COMPILED = os.environ.get("TRITON_INTERPRET", "0") != "1"
 FUSED_REDUCE = COMPILED
-FAST_MATH = COMPILED
+FAST_MATH = COMPILED and torch.version.hip is None
 
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * LOG2E): the GPU's exponential is base 2
