@@ -25,6 +25,8 @@ app.add_typer(cache_app, name="cache")
 CacheDirOpt = typer.Option(None, "--cache-dir", envvar="MEDAL_CACHE_DIR", help="Where teacher caches live (default ~/.cache/medal).")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, or cuda[:N].")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout instead of a table.")
+AsRgbOpt = typer.Option(True, "--as-rgb/--no-as-rgb", help="Repeat grayscale to 3 channels (the paper), or train on 1 channel (MedMNIST's own recipe without --as_rgb).")
+KeepOpt = typer.Option("best", "--keep", help="Weights kept and evaluated: best (best val AUC, the paper) or last (the last epoch, what MedMNIST's script evaluates).")
 
 
 def _milestones(text: str) -> tuple[int, ...]:
@@ -94,6 +96,8 @@ def distill(
     patience: int = typer.Option(0, "--patience", help="Stop after this many epochs without a better val AUC (0: never; the best epoch is kept either way)."),
     seed: int = typer.Option(0, "--seed"),
     image_size: int = typer.Option(224, "--image-size", help="Pixels the student sees."),
+    as_rgb: bool = AsRgbOpt,
+    keep: str = KeepOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the student (pays off on long GPU runs)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<dataset>_<student>_<method>_s<seed>)."),
     device: str = DeviceOpt,
@@ -110,7 +114,7 @@ def distill(
                         cache_key=cache_key, compile=compile, student=student,
                         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
                         milestones=_milestones(milestones), patience=patience, seed=seed, image_size=image_size,
-                        out=out, device=device, cache_dir=cache_dir, force=force)
+                        as_rgb=as_rgb, keep=keep, out=out, device=device, cache_dir=cache_dir, force=force)
     run = run_distill(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         _print_metrics(run, as_json, format_table)
@@ -198,6 +202,8 @@ def sweep(
     milestones: str = typer.Option("50,75", "--milestones", help="Epochs at which the lr is multiplied by 0.1."),
     patience: int = typer.Option(0, "--patience", help="Early-stopping patience in epochs (0: never)."),
     image_size: int = typer.Option(224, "--image-size", help="Pixels the student sees."),
+    as_rgb: bool = AsRgbOpt,
+    keep: str = KeepOpt,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run directories go, one per point."),
     jobs: int = typer.Option(1, "--jobs", help="Points trained at once, each in its own process (for one GPU with spare memory)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="Run points in parallel, one process per GPU: 0,1,2,3 or 'all' (visible GPUs)."),
@@ -218,7 +224,8 @@ def sweep(
                                           epochs=epochs,
                                           teachers=tuple(n.strip() for n in (teachers or "").split(",") if n.strip()),
                                           batch_size=batch_size, lr=lr, milestones=_milestones(milestones),
-                                          patience=patience, image_size=image_size, runs_dir=runs_dir, device=device,
+                                          patience=patience, image_size=image_size, as_rgb=as_rgb, keep=keep,
+                                          runs_dir=runs_dir, device=device,
                                           cache_dir=cache_dir))
     results = run_sweep(grid)
     if as_json:

@@ -62,6 +62,11 @@ class MedMNISTData:
         """Logits per sample: one per class, or one per label for multi-label data."""
         return len(self.info["label"])
 
+    @property
+    def channels(self) -> int:
+        """Native channels of the images: 1 for grayscale sets, 3 for colour ones."""
+        return int(self.splits["train"].images.shape[-1])
+
     def targets(self, split: str) -> np.ndarray:
         """Loss targets: class indices (N,), or the 0/1 label matrix (N, L) when multi-label."""
         labels = self.splits[split].labels

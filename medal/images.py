@@ -23,18 +23,24 @@ def to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 class Preprocess:
-    """uint8 (B, C, h, w) -> normalised float (B, 3, size, size), channels_last on CUDA."""
+    """uint8 (B, C, h, w) -> normalised float (B, channels, size, size), channels_last on CUDA.
 
-    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device):
-        self.size = size
-        self.scale = (1.0 / (255.0 * torch.tensor(std, device=device))).view(1, 3, 1, 1)
-        self.shift = (-torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(1, 3, 1, 1)
+    channels=3 repeats grayscale to 3 channels (the paper, and every ImageNet-shaped network);
+    channels=1 keeps grayscale as it is (MedMNIST's own recipe without --as_rgb).
+    """
+
+    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                 channels: int = 3):
+        self.size, self.channels = size, channels
+        mean_t, std_t = torch.tensor(mean[:channels], device=device), torch.tensor(std[:channels], device=device)
+        self.scale = (1.0 / (255.0 * std_t)).view(1, channels, 1, 1)
+        self.shift = (-mean_t / std_t).view(1, channels, 1, 1)
         self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.float()
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] != self.channels:
+            x = x.expand(-1, self.channels, -1, -1)  # grayscale repeated
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)
         x = x * self.scale + self.shift

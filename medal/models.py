@@ -101,11 +101,14 @@ def check_student(name: str) -> str:
     return name
 
 
-def build_student(name: str, num_classes: int, pretrained: bool = False) -> nn.Module:
-    """A timm CNN with a fresh `num_classes` head; ImageNet weights only when asked for."""
+def build_student(name: str, num_classes: int, pretrained: bool = False, in_chans: int = 3) -> nn.Module:
+    """A timm CNN with a fresh `num_classes` head; ImageNet weights only when asked for.
+
+    Its initial weights come from torch's global generator: seed it first for a repeatable run.
+    """
     check_student(name)
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
     except Exception as exc:
         if pretrained:
             raise MedalError(f"ImageNet weights for {name} could not be loaded ({type(exc).__name__}); drop --pretrained.") from None

@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 import medal
 from medal.cache.store import CHUNK_ROWS, CacheWriter, TeacherCache, cache_dir, cache_key, list_caches
 from medal.data import SPLITS, MedMNISTData, check_dataset, load_dataset
 from medal.errors import MedalError
 from medal.log import log
+from medal.progress import progress
 from medal.device import autocast, resolve_device
 from medal.distributed import World, init_world
 from medal.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, to_device
@@ -98,8 +98,8 @@ def teacher_features(teacher: torch.nn.Module, data: MedMNISTData, split: str, c
     writer.create(name, (n, feature_dim(teacher)), "float16", chunk_rows=rows)
     mine = range(world.rank, -(-n // rows), world.size)  # this rank's chunk indices
     prep = Preprocess(cfg.image_size, IMAGENET_MEAN, IMAGENET_STD, device)
-    bar = tqdm(total=sum(min(rows, n - c * rows) for c in mine), desc=f"teacher {split}", unit="img",
-               unit_scale=True, leave=False, disable=not world.main)
+    bar = progress(total=sum(min(rows, n - c * rows) for c in mine), desc=f"teacher {split}", unit="img",
+                   unit_scale=True, leave=False, disable=not world.main)
     with torch.inference_mode(), autocast(device):
         for chunk in mine:
             images = to_device(split_images[chunk * rows : (chunk + 1) * rows], device)

@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 
 import medal
 from medal.cache.store import TeacherCache, cache_dir, find_cache, list_caches
@@ -33,9 +32,13 @@ from medal.kd_loss import check_hyperparameters
 from medal.log import log
 from medal.metrics import evaluate_scores
 from medal.models import build_student, check_student, check_teacher
-from medal.pipeline.evaluate import evaluate_model, predict
+from medal.pipeline.evaluate import evaluate_model, predict, student_channels
 from medal.pipeline.student_step import StudentStep
 from medal.plots import plot_history
+from medal.progress import progress
+
+
+KEEP = ("best", "last")
 
 
 @dataclass
@@ -57,6 +60,8 @@ class DistillConfig:
     patience: int = 0
     seed: int = 0
     image_size: int = 224
+    as_rgb: bool = True  # grayscale repeated to 3 channels (the paper); False: native channels (MedMNIST's default)
+    keep: str = "best"  # which epoch's weights are kept and evaluated: best val AUC (the paper) or the last (MedMNIST)
     compile: bool = False
     out: Path | None = None
     runs_dir: Path = Path("runs")
@@ -83,6 +88,8 @@ def check_config(cfg: DistillConfig) -> None:
     check_student(cfg.student)
     if cfg.image_size < 16:
         raise MedalError(f"--image-size must be at least 16, got {cfg.image_size}.")
+    if cfg.keep not in KEEP:
+        raise MedalError(f"--keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}.")
 
 
 def select_cache(cfg: DistillConfig, teacher: str | None) -> TeacherCache:
@@ -143,12 +150,14 @@ def run_distill(cfg: DistillConfig) -> Path:
     out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / cfg.run_name(data.flag, cfg.teacher)
     if world.main and out.exists() and not cfg.force:
         raise MedalError(f"run directory {out} already exists; pass --force to replace it or --out DIR.")
-    student = build_student(cfg.student, data.num_outputs, cfg.pretrained)
+    in_chans = 3 if cfg.as_rgb else data.channels
+    torch.manual_seed(cfg.seed)  # before the student exists: --seed fixes its initial weights
+    student = build_student(cfg.student, data.num_outputs, cfg.pretrained, in_chans=in_chans)
     partial = out.with_name(f".{out.name}.partial")
     config = {**asdict(cfg), "task": data.task, "size": data.size, "data_root": str(data.path.parent.resolve()),
               "data_md5": data.md5, "data_fingerprint": data.fingerprint,
               "cache_key": caches[0].key if caches else None, "cache_keys": [c.key for c in caches],
-              "teachers": [c.attrs["teacher"] for c in caches], "world_size": world.size,
+              "teachers": [c.attrs["teacher"] for c in caches], "world_size": world.size, "in_chans": in_chans,
               "medal_version": medal.__version__, "torch_version": torch.__version__}
     if world.main:
         shutil.rmtree(partial, ignore_errors=True)
@@ -156,10 +165,14 @@ def run_distill(cfg: DistillConfig) -> Path:
     try:
         if world.main:
             write_json(partial / "config.json", config)
-        train_student(cfg, student, data, caches, device, partial, world)
+        history = train_student(cfg, student, data, caches, device, partial, world)
         if world.main:
-            student.load_state_dict(torch.load(partial / "best.pt", map_location="cpu")["model"])
-            evaluate_model(student.to(device), data, cfg.image_size, device, partial, config)
+            last = evaluate_model(student, data, cfg.image_size, device, None, config)  # the weights training ended with
+            kept = torch.load(partial / "best.pt", map_location="cpu")
+            student.load_state_dict(kept["model"])
+            evaluate_model(student.to(device), data, cfg.image_size, device, partial, config,
+                           extra={"kept": cfg.keep, "kept_epoch": kept["epoch"],
+                                  "last_epoch": {"epoch": history[-1]["epoch"], **last}})
             if out.exists():
                 shutil.rmtree(out)
             partial.rename(out)
@@ -183,7 +196,6 @@ def teacher_logits(caches: list[TeacherCache], n: int, outputs: int, device: tor
 def train_student(cfg: DistillConfig, student: nn.Module, data: MedMNISTData, caches: list[TeacherCache],
                   device: torch.device, run: Path, world: World) -> list[dict]:
     """The training loop; rank 0 writes history.csv/.png and best.pt into `run` as it goes."""
-    torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)  # same seed on every rank: same global order
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     student = student.to(device, memory_format=fmt)
@@ -191,7 +203,7 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: MedMNISTData, ca
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=0.1)
     images = to_device(data.splits["train"].images, device)
-    prep = Preprocess(cfg.image_size, MEDMNIST_MEAN, MEDMNIST_STD, device)
+    prep = Preprocess(cfg.image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(student))
     step = StudentStep(model, optimizer, prep, images, torch.as_tensor(data.targets("train"), device=device),
                        teacher_logits(caches, len(images), data.num_outputs, device), t=cfg.t, alpha=cfg.alpha,
                        multi_label=data.multi_label, device=device, compile=cfg.compile)
@@ -205,7 +217,8 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: MedMNISTData, ca
         order = world.shard(torch.randperm(len(images), generator=generator)).to(device)
         batches = [b for b in order.split(cfg.batch_size) if len(b) > 1]  # BatchNorm cannot train on one sample
         loss_sum = torch.zeros((), device=device)
-        for idx in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not world.main):
+        for idx in progress(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                            disable=not world.main, line=False):  # the epoch line below says it
             loss_sum += step(idx)
         schedule.step()
         train_loss = float(world.all_sum(loss_sum)) / (len(batches) * world.size)
@@ -218,9 +231,10 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: MedMNISTData, ca
             write_csv(run / "history.csv", history)
             if val["auc"] > best_auc:
                 best_auc, since_best = val["auc"], 0
-                write_torch(run / "best.pt", {"model": student.state_dict(), "epoch": epoch, "val": val})
             else:
                 since_best += 1
+            if since_best == 0 or cfg.keep == "last":
+                write_torch(run / "best.pt", {"model": student.state_dict(), "epoch": epoch, "val": val})
             log(f"epoch {epoch:3d}  loss {train_loss:.4f}  val auc {val['auc']:.4f}  acc {val['acc']:.4f}"
                 f"  ({row['seconds']:.1f}s)")
             stop = bool(cfg.patience) and since_best >= cfg.patience

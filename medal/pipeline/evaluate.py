@@ -32,17 +32,25 @@ def predict(model: nn.Module, images: torch.Tensor, prep: Preprocess, task: str,
     return scores_from_logits(logits, task).cpu().numpy()
 
 
-def evaluate_model(model: nn.Module, data: MedMNISTData, image_size: int, device: torch.device, run: Path,
-                   config: dict) -> dict:
-    """Write metrics.json and test_scores.npy into `run`; returns the metrics."""
-    prep = Preprocess(image_size, MEDMNIST_MEAN, MEDMNIST_STD, device)
+def student_channels(model: nn.Module) -> int:
+    """Input channels the student was built for (3, or 1 for grayscale kept as it is)."""
+    return int(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels)
+
+
+def evaluate_model(model: nn.Module, data: MedMNISTData, image_size: int, device: torch.device, run: Path | None,
+                   config: dict, extra: dict | None = None) -> dict:
+    """Test and val metrics; with a `run`, also written there as metrics.json and test_scores.npy."""
+    prep = Preprocess(image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(model))
     metrics: dict = {}
     for split in ("test", "val"):
         scores = predict(model, to_device(data.splits[split].images, device), prep, data.task, device)
         metrics[split] = evaluate_scores(data.splits[split].labels, scores, data.task)
-        if split == "test":
+        if split == "test" and run is not None:
             write_npy(run / "test_scores.npy", scores)
-    write_json(run / "metrics.json", {**metrics, "config": config})
+    if run is not None:
+        previous = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
+        kept = {k: previous[k] for k in ("kept", "kept_epoch", "last_epoch") if k in previous}
+        write_json(run / "metrics.json", {**metrics, **kept, **(extra or {}), "config": config})
     return metrics
 
 
@@ -66,9 +74,9 @@ def load_run(run: Path, device: torch.device, root: Path | None = None, data: Me
         data = load_dataset(config["dataset"], root or Path(config["data_root"]), config["size"])
     if data.fingerprint != config["data_fingerprint"]:
         raise MedalError(f"the data in {data.path} is not the data {run} was trained on (fingerprint differs).")
-    model = build_student(config["student"], data.num_outputs)
+    model = build_student(config["student"], data.num_outputs, in_chans=config.get("in_chans", 3))
     model.load_state_dict(torch.load(run / "best.pt", map_location="cpu")["model"])
-    prep = Preprocess(config["image_size"], MEDMNIST_MEAN, MEDMNIST_STD, device)
+    prep = Preprocess(config["image_size"], MEDMNIST_MEAN, MEDMNIST_STD, device, channels=config.get("in_chans", 3))
     return LoadedRun(run, config, data, model.to(device).eval(), prep)
 
 

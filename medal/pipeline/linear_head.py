@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from medal.progress import progress
 
 from medal.metrics import evaluate_scores, scores_from_logits
 
@@ -52,7 +52,7 @@ def train_linear_head(
     x, n = features["train"].float(), len(targets)
     best = {"val": {"auc": -1.0, "acc": 0.0}, "epoch": -1}
     best_state = copy.deepcopy(head.state_dict())
-    bar = tqdm(range(recipe.epochs), desc="linear head", unit="epoch", leave=False)
+    bar = progress(range(recipe.epochs), desc="linear head", unit="epoch", leave=False)
     for epoch in bar:
         for idx in torch.randperm(n, generator=generator).to(device).split(recipe.batch_size):
             logits = head(x[idx])
