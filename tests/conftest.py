@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -66,8 +67,12 @@ def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
     return code, out, err
 
 
+PROGRESS_LINE = re.compile(r"^.+: [\d,]+ \S+ in \d+\.\ds(, [\d,]+ \S+/s)?( \(.*\))?$")  # medal.progress, off a terminal
+
+
 def error_lines(err: str) -> list[str]:
-    """What stderr leaves on screen, less one-line warnings (e.g. a non-official data file) and
-    finished progress bars (tqdm redraws a line with carriage returns, then clears it)."""
+    """What stderr leaves on screen, less one-line warnings (e.g. a non-official data file),
+    finished progress bars (tqdm redraws a line with carriage returns, then clears it) and the
+    plain progress lines written instead of bars when stderr is not a terminal."""
     shown = (line.rsplit("\r", 1)[-1].strip() for line in err.split("\n"))
-    return [line for line in shown if line and not line.startswith("warning: ")]
+    return [line for line in shown if line and not line.startswith("warning: ") and not PROGRESS_LINE.match(line)]
