@@ -37,7 +37,7 @@ from medal.metrics import scores_from_logits
 from medal.pipeline.evaluate import predict
 
 FORMATS = ("onnx", "torchscript", "safetensors")
-TOLERANCE = 1e-4
+TOLERANCE, TOLERANCE_TEXT = 1e-4, "1e-4"
 CHECK_IMAGES = 64
 CPU = torch.device("cpu")
 
@@ -48,6 +48,7 @@ class Deployable(nn.Module):
     def __init__(self, student: Student):
         super().__init__()
         self.model, self.prep, self.task = student.model, student.prep, student.config["task"]
+        self.eval().requires_grad_(False)  # an inference graph: its outputs must not ask for gradients
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return scores_from_logits(self.model(self.prep(images.permute(0, 3, 1, 2))), self.task)
@@ -89,19 +90,23 @@ def compare(kind: str, name: str, got: np.ndarray, expected: np.ndarray) -> str:
     diff = float(np.abs(got - expected).max())
     said = f"max |p_{name} - p_torch| = {diff:.1e} on {len(expected)} test images"
     if not diff < TOLERANCE:
-        raise MedalError(f"{kind} check failed: {said} (>= {TOLERANCE:g}); nothing was written.")
-    return f"{kind} check: {said} (< {TOLERANCE:g})"
+        raise MedalError(f"{kind} check failed: {said} (>= {TOLERANCE_TEXT}); nothing was written.")
+    return f"{kind} check: {said} (< {TOLERANCE_TEXT})"
 
 
 def export_onnx(student: Student, out: Path, images: np.ndarray, expected: np.ndarray) -> Exported:
-    import onnxruntime
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch.onnx.export's exporter needs it)
+    except ImportError as exc:
+        raise MedalError(f"--format onnx needs the onnx extra ({exc.name} is missing): pip install 'medal[onnx]'.") from None
     from torch.export import Dim
 
     meta = metadata(student, graph=True)
     example = torch.from_numpy(images[:2])
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(Deployable(student).eval(), (example,), None, input_names=["images"],
+        program = torch.onnx.export(Deployable(student), (example,), None, input_names=["images"],
                                     output_names=["probabilities"], dynamic_shapes={"images": {0: Dim("batch")}},
                                     dynamo=True, verbose=False)
     program.model.metadata_props.update({"medal": json.dumps(meta), "label_names": json.dumps(meta["label_names"])})
@@ -123,7 +128,7 @@ def export_torchscript(student: Student, out: Path, images: np.ndarray, expected
     def save_checked(tmp: Path) -> None:
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, yet still what C++ and mobile load
-            traced = torch.jit.trace(Deployable(student).eval(), torch.from_numpy(images[:2]))
+            traced = torch.jit.trace(Deployable(student), torch.from_numpy(images[:2]))
             torch.jit.save(traced, str(tmp), _extra_files={"medal.json": json.dumps(meta)})
             reloaded = torch.jit.load(str(tmp), map_location="cpu")
             got = reloaded(torch.from_numpy(images)).numpy()
@@ -165,14 +170,14 @@ def load_timm(weights: Path, config: dict) -> nn.Module:
 
 
 def export_safetensors(student: Student, out: Path, images: np.ndarray, expected: np.ndarray) -> Exported:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if out.exists() and not out.is_dir():
         raise MedalError(f"--out {out} is a file; safetensors exports go to a directory (model.safetensors + config.json).")
     out.mkdir(parents=True, exist_ok=True)
     config = timm_config(student)
     state = {k: v.detach().cpu().contiguous() for k, v in student.model.state_dict().items()}
-    weights = atomic(out / "model.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    weights = atomic(out / "model.safetensors", lambda tmp: tmp.write_bytes(save(state, metadata={"format": "pt"})))
     files = [weights, write_json(out / "config.json", config)]
     try:
         got = predict(load_timm(weights, config), to_device(images, CPU), student.prep, student.config["task"], CPU)
