@@ -308,6 +308,7 @@ def predict_cmd(
     if out is None:
         sys.stdout.write(text)
     else:
+        out.parent.mkdir(parents=True, exist_ok=True)
         atomic(out, lambda tmp: tmp.write_text(text))
         log(f"{len(result.names)} predictions written to {out}")
 

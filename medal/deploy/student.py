@@ -44,7 +44,7 @@ def check_finished(run: Path) -> Path:
     """A run directory that `medal distill` completed, or a MedalError naming what is missing."""
     run = Path(run)
     if not run.is_dir():
-        raise MedalError(f"run directory {run} does not exist.")
+        raise MedalError(f"run directory {run} does not exist." if not run.exists() else f"{run} is not a run directory.")
     missing = [name for name in RUN_FILES if not (run / name).is_file()]
     if missing or run.name.endswith(".partial"):
         what = f"no {', '.join(missing)}" if missing else "still being written"
