@@ -138,9 +138,8 @@ def evaluate(
     as_json: bool = JsonOpt,
 ) -> None:
     """Stage 3: recompute a run's test/val AUC and ACC with medmnist's official metrics."""
-    from medal.pipeline.evaluate import evaluate_run, format_table
-
     from medal.deploy.model_card import write_model_card
+    from medal.pipeline.evaluate import evaluate_run, format_table
 
     evaluate_run(run, device=device, root=root)
     write_model_card(run)
