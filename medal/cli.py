@@ -138,9 +138,11 @@ def evaluate(
     as_json: bool = JsonOpt,
 ) -> None:
     """Stage 3: recompute a run's test/val AUC and ACC with medmnist's official metrics."""
+    from medal.deploy.model_card import write_model_card
     from medal.pipeline.evaluate import evaluate_run, format_table
 
     evaluate_run(run, device=device, root=root)
+    write_model_card(run)
     _print_metrics(run, as_json, format_table)
 
 
@@ -280,6 +282,50 @@ def cam(
     from medal.pipeline.figures import run_cam
 
     print(run_cam(run, n=n, out=out, device=device))
+
+
+@app.command("predict")
+def predict_cmd(
+    run: Path = typer.Argument(..., help="A finished run directory (from `medal distill`)."),
+    inputs: list[Path] = typer.Argument(..., help="PNG/JPEG files, folders of them (their image files by name, not subfolders), or MedMNIST-format .npz files."),
+    split: str = typer.Option("test", "--split", help="Which split of an .npz input: train, val or test."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the CSV (or JSON) here instead of stdout."),
+    device: str = DeviceOpt,
+    as_json: bool = typer.Option(False, "--json", help="A JSON list of records instead of CSV."),
+) -> None:
+    """Class probabilities of a run's student for new images: CSV with input, one column per class, predicted.
+
+    Images are first brought to the dataset's native size (Pillow bicubic, antialiased; no crop) and channels
+    (colour to grayscale, or grayscale to RGB, with a notice), then preprocessed exactly as in training.
+    """
+    from medal.deploy.predict import run_predict
+    from medal.io import atomic
+    from medal.log import log
+
+    result = run_predict(run, inputs, split=split, device=device)
+    text = result.to_json() if as_json else result.to_csv()
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic(out, lambda tmp: tmp.write_text(text))
+        log(f"{len(result.names)} predictions written to {out}")
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="A finished run directory (from `medal distill`)."),
+    fmt: str = typer.Option(..., "--format", help="onnx | torchscript (uint8 pixels in, probabilities out) | safetensors (timm weights + config.json)."),
+    out: Path = typer.Option(..., "--out", help="The .onnx / .pt file to write, or the directory for safetensors."),
+    root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory, if the data moved since training (the export is checked on its test images)."),
+) -> None:
+    """The student for other runtimes, with its preprocessing and label names, checked against PyTorch."""
+    from medal.deploy.export import run_export
+
+    result = run_export(run, fmt, out, root=root)
+    print(result.check)
+    for path in result.files:
+        print(f"wrote {path}")
 
 
 def _gpus(text: str | None) -> tuple[str, ...]:

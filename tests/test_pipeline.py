@@ -56,6 +56,7 @@ def test_three_stages_end_to_end(blood_root, vits_weights, tmp_path, capsys, mon
     result = json.loads(out)
     for name in ("config.json", "history.csv", "history.png", "best.pt", "metrics.json", "test_scores.npy"):
         assert (run / name).is_file(), name
+    assert info["weights_sha256"] in (run / "MODEL_CARD.md").read_text(), "the card names the teacher's weights"
     with open(run / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and all(np.isfinite(float(r["train_loss"])) for r in rows)

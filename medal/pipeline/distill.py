@@ -6,7 +6,7 @@ has not improved for that many epochs). The whole split is resident on the devic
 each step gathers a batch and its cached teacher logits by index, so the teacher never runs.
 
 A run directory is built under a temporary name and renamed when complete:
-config.json, history.csv, history.png, best.pt, metrics.json, test_scores.npy.
+config.json, history.csv, history.png, best.pt, metrics.json, test_scores.npy, MODEL_CARD.md.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import medal
 from medal.cache.store import TeacherCache, cache_dir, find_cache, list_caches
 from medal.data import MedMNISTData, check_dataset, default_root, load_dataset
+from medal.deploy.model_card import write_model_card
 from medal.device import resolve_device
 from medal.distributed import World, init_world
 from medal.errors import MedalError
@@ -173,6 +174,7 @@ def run_distill(cfg: DistillConfig) -> Path:
             evaluate_model(student.to(device), data, cfg.image_size, device, partial, config,
                            extra={"kept": cfg.keep, "kept_epoch": kept["epoch"],
                                   "last_epoch": {"epoch": history[-1]["epoch"], **last}})
+            write_model_card(partial)
             if out.exists():
                 shutil.rmtree(out)
             partial.rename(out)
