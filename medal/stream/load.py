@@ -13,9 +13,6 @@ from medal.log import log
 from medal.stream.budget import MemoryBudget, human
 from medal.stream.store import StoredImages, convert_npz, npz_image_bytes, store_name
 
-CONVERT_BLOCK_FRACTION = 4  # the converter reads blocks of at most a quarter of the budget
-
-
 def load_within_budget(path: Path, flag: str, size: int, md5: str, budget: MemoryBudget
                        ) -> tuple[dict[str, Split], str | None]:
     """(splits, the data fingerprint when the store already knows it) for one MedMNIST .npz.
@@ -29,17 +26,20 @@ def load_within_budget(path: Path, flag: str, size: int, md5: str, budget: Memor
         raise MedalError(f"{path} is not a MedMNIST .npz file ({exc}).") from None
     resident = budget.plan(sizes)
     store = budget.stores / store_name(flag, size, md5)
+    left = budget.bytes
     for split in SPLITS:
-        cost = human(budget.resident_cost(sizes[split]))
+        cost = budget.resident_cost(sizes[split])
         if resident[split]:
-            log(f"{split}: {human(sizes[split])} of images, resident ({cost} fits {human(budget.bytes)}, {budget.why})")
+            log(f"{split}: {human(sizes[split])} of images, resident (takes {human(cost)} of the {human(left)} left"
+                f" of {human(budget.bytes)}, {budget.why})")
+            left -= cost
         else:
-            log(f"{split}: {human(sizes[split])} of images, streamed from {store} "
-                f"(resident it would take {cost}, over the {human(budget.bytes)} left of {budget.why})")
+            log(f"{split}: {human(sizes[split])} of images, streamed from {store} (resident it would take"
+                f" {human(cost)}, more than the {human(left)} left of {human(budget.bytes)}, {budget.why})")
     if all(resident.values()):
         return _read_resident(path, flag, SPLITS), None
     if not (store / "zarr.json").is_file():
-        convert_npz(path, store, flag, size, md5, max(1, budget.bytes // CONVERT_BLOCK_FRACTION))
+        convert_npz(path, store, flag, size, md5)
     group = zarr.open_group(store, mode="r")
     splits = _read_resident(path, flag, [s for s in SPLITS if resident[s]])
     stream_bytes = budget.bytes - sum(budget.resident_cost(sizes[s]) for s in SPLITS if resident[s])

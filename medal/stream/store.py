@@ -5,10 +5,12 @@ Layout (shared with imported datasets): `<name>.zarr/`, a Zarr v3 group whose at
 (N, S, S, C) uint8, one image per chunk inside shards of up to 256 images (Blosc zstd), and
 `{split}/labels` (N, L) int64. One image per chunk makes a random row one small read.
 
-Reading goes around zarr's generic machinery where the layout is this one: zarr 3 spends
-milliseconds of Python per chunk, a shuffled batch of 128 rows touches 128 chunks, and a training
-step must not wait for that. `StoredImages` reads each shard's index once and then a row is one
-`pread` and one Blosc decompression (tens of microseconds). Any other layout is read through zarr.
+Reading and writing go around zarr's generic machinery where the layout is this one: zarr 3
+spends milliseconds of Python per chunk, a shuffled batch of 128 rows touches 128 chunks, and a
+training step must not wait for that. `StoredImages` reads each shard's index once and then a row
+is one `pread` and one Blosc decompression (tens of microseconds); the converter writes whole
+shard files (the chunks, then the index of (offset, nbytes) and its crc32c, as zarr's sharding
+codec specifies), after zarr has written the metadata. Any other layout is read through zarr.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +31,7 @@ from medal.errors import MedalError
 from medal.progress import progress
 
 MAX_SHARD_ROWS = 256
+BLOSC = dict(cname="zstd", clevel=3, shuffle="bitshuffle")
 SHARD_BYTES = 16 * 2**20  # fewer images a shard at large sizes: writing one holds it in memory
 EMPTY = np.uint64(2**64 - 1)  # a shard index's (offset, nbytes) of a chunk never written (all fill value)
 
@@ -79,12 +83,33 @@ def _read_exact(stream, n: int) -> bytes:
     return b"".join(parts)
 
 
-def convert_npz(path: Path, out: Path, flag: str, size: int, md5: str, block_bytes: int) -> Path:
+def write_shard(array: Path, shard: int, row_dims: int, raw: bytes, row_bytes: int, rows: int) -> None:
+    """One shard file of a (N, ...) uint8 array: each row Blosc-compressed, then the index and its crc32c."""
+    from crc32c import crc32c
+    from numcodecs import blosc
+
+    index = np.full((rows, 2), EMPTY, dtype="<u8")
+    path = array / "/".join(["c", str(shard), *("0" * row_dims)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    offset = 0
+    with open(path, "wb") as f:
+        for i in range(len(raw) // row_bytes):
+            chunk = blosc.compress(raw[i * row_bytes : (i + 1) * row_bytes], BLOSC["cname"].encode(), BLOSC["clevel"],
+                                   blosc.BITSHUFFLE)
+            f.write(chunk)
+            index[i] = offset, len(chunk)
+            offset += len(chunk)
+        f.write(index.tobytes())
+        f.write(struct.pack("<I", crc32c(index.tobytes())))
+
+
+def convert_npz(path: Path, out: Path, flag: str, size: int, md5: str) -> Path:
     """Write the store for a MedMNIST .npz at `out`, once: built under a temporary name, renamed.
 
-    Images are copied member by member in blocks of whole shards of about `block_bytes` (never
-    the whole member: np.load would inflate it entirely), and the data fingerprint is hashed as
-    they pass, exactly as `medal.data.fingerprint` hashes the loaded arrays.
+    Images are copied member by member one shard at a time (never the whole member: np.load would
+    inflate it entirely), so the conversion holds about two shards (at most 2 x SHARD_BYTES), and
+    the data fingerprint is hashed as they pass, exactly as `medal.data.fingerprint` hashes the
+    loaded arrays.
     """
     import zarr
     from zarr.codecs import BloscCodec
@@ -113,17 +138,15 @@ def convert_npz(path: Path, out: Path, flag: str, size: int, md5: str, block_byt
                     raise ValueError(f"{shape[0]} {split} images but labels of shape {labels.shape}")
                 row_bytes = int(np.prod(shape[1:]))
                 rows = shard_rows(row_bytes)
-                images = group.create_array(f"{split}/images", shape=shape, dtype="uint8", chunks=(1, *shape[1:]),
-                                            shards=(rows, *shape[1:]), fill_value=0,
-                                            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+                group.create_array(f"{split}/images", shape=shape, dtype="uint8", chunks=(1, *shape[1:]),
+                                   shards=(rows, *shape[1:]), fill_value=0, compressors=BloscCodec(**BLOSC))
                 digest.update(f"{split}:uint8:{shape}".encode())
-                block = rows * max(1, block_bytes // (rows * row_bytes))
                 with stream:
-                    for start in range(0, shape[0], block):
-                        n = min(block, shape[0] - start)
+                    for shard, start in enumerate(range(0, shape[0], rows)):
+                        n = min(rows, shape[0] - start)
                         raw = _read_exact(stream, n * row_bytes)
                         digest.update(raw)
-                        images[start : start + n] = np.frombuffer(raw, np.uint8).reshape(n, *shape[1:])
+                        write_shard(tmp / split / "images", shard, len(shape) - 1, raw, row_bytes, rows)
                         bar.update(n)
                 group.create_array(f"{split}/labels", data=labels, chunks=labels.shape)
                 digest.update(f"{split}:int64:{labels.shape}".encode())
