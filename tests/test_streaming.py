@@ -114,7 +114,7 @@ def peak_rss_mb(root: Path, tmp_path: Path, name: str) -> int:
     parent process so that no earlier child of the test run counts."""
     distill = [sys.executable, "-m", "medal", "distill", "--dataset", "bloodmnist", "--size", "64", "--root", str(root),
                "--alpha", "1", "--student", "test_resnet", "--image-size", "16", "--epochs", "1", "--batch-size", "64",
-               "--device", "cpu", "--cache-dir", str(tmp_path / f"cache_{name}"), "--out", str(tmp_path / name),
+               "--device", "cpu", "--cache-dir", str(tmp_path / f"cache_{name}"), "--out", str(tmp_path / f"run_{name}"),
                "--max-memory", f"{BUDGET_MB}M"]
     parent = textwrap.dedent("""
         import resource, subprocess, sys
@@ -123,7 +123,7 @@ def peak_rss_mb(root: Path, tmp_path: Path, name: str) -> int:
         print(proc.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", parent, *distill], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", parent, *distill], capture_output=True, text=True, env=env, timeout=900)
     code, kilobytes = map(int, proc.stdout.split())
     assert code == 0, proc.stderr[-3000:]
     return kilobytes // 1024  # ru_maxrss is in KB on Linux
