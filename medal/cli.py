@@ -26,6 +26,7 @@ CacheDirOpt = typer.Option(None, "--cache-dir", envvar="MEDAL_CACHE_DIR", help="
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, or cuda[:N].")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout instead of a table.")
 AsRgbOpt = typer.Option(True, "--as-rgb/--no-as-rgb", help="Repeat grayscale to 3 channels (the paper), or train on 1 channel (MedMNIST's own recipe without --as_rgb).")
+MaxMemoryOpt = typer.Option(None, "--max-memory", help="Memory for image data, e.g. 8G or 500M (default: half the free RAM, and of the free GPU memory on CUDA); a split that does not fit is streamed from a store converted once into the cache dir.")
 KeepOpt = typer.Option("best", "--keep", help="Weights kept and evaluated: best (best val AUC, the paper) or last (the last epoch, what MedMNIST's script evaluates).")
 
 
@@ -50,6 +51,7 @@ def cache_teacher(
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
     force: bool = typer.Option(False, "--force", help="Recompute even if an up-to-date cache exists."),
+    max_memory: Optional[str] = MaxMemoryOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Stage 1: run the frozen teacher once over train/val/test and cache its features and raw logits."""
@@ -59,7 +61,7 @@ def cache_teacher(
     result = run_cache_teacher(CacheConfig(dataset=dataset, teacher=teacher, weights=weights, root=root, size=size,
                                            image_size=image_size, batch_size=batch_size, device=device,
                                            cache_dir=cache_dir, force=force, chunk_rows=chunk_rows,
-                                           head=head))
+                                           head=head, max_memory=max_memory))
     if int(os.environ.get("RANK", "0")) != 0:
         return
     attrs = result.cache.attrs
@@ -103,6 +105,7 @@ def distill(
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory."),
+    max_memory: Optional[str] = MaxMemoryOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Stage 2 (+3): train the student against the cached teacher logits, then evaluate it on test."""
@@ -114,7 +117,8 @@ def distill(
                         cache_key=cache_key, compile=compile, student=student,
                         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
                         milestones=_milestones(milestones), patience=patience, seed=seed, image_size=image_size,
-                        as_rgb=as_rgb, keep=keep, out=out, device=device, cache_dir=cache_dir, force=force)
+                        as_rgb=as_rgb, keep=keep, out=out, device=device, cache_dir=cache_dir, force=force,
+                        max_memory=max_memory)
     run = run_distill(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         _print_metrics(run, as_json, format_table)
@@ -213,6 +217,7 @@ def sweep(
     root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory (default: where the cached data came from)."),
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
+    max_memory: Optional[str] = MaxMemoryOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Distil at every (t, alpha, seed) of a grid against one cache; finished points are skipped."""
@@ -228,7 +233,7 @@ def sweep(
                                           batch_size=batch_size, lr=lr, milestones=_milestones(milestones),
                                           patience=patience, image_size=image_size, as_rgb=as_rgb, keep=keep,
                                           runs_dir=runs_dir, device=device,
-                                          cache_dir=cache_dir))
+                                          cache_dir=cache_dir, max_memory=max_memory))
     results = run_sweep(grid)
     if as_json:
         print(json.dumps([{"run": str(run), "test": m["test"], "val": m["val"]} for run, m in results], indent=2))

@@ -2,7 +2,8 @@
 
 A whole split of MedMNIST is small (at most a few hundred MB at 28 px), so medal keeps it in
 memory as uint8 at native size and resizes per batch on the device (see `medal.images`),
-instead of going through a DataLoader.
+instead of going through a DataLoader. Given a memory budget, a split that does not fit it is
+streamed from a converted store instead (see `medal.stream`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from medmnist.info import DEFAULT_ROOT, INFO
@@ -19,6 +21,9 @@ from medmnist.info import DEFAULT_ROOT, INFO
 from medal.errors import MedalError
 from medal.io import file_hash
 from medal.log import warn
+
+if TYPE_CHECKING:
+    from medal.stream.budget import MemoryBudget
 
 SPLITS = ("train", "val", "test")
 SIZES = (28, 64, 128, 224)
@@ -30,7 +35,7 @@ DEMO_DATASET = "bloodmnist"
 
 @dataclass
 class Split:
-    images: np.ndarray  # (N, H, W, C) uint8
+    images: np.ndarray  # (N, H, W, C) uint8; a medal.stream.store.StoredImages when streamed
     labels: np.ndarray  # (N, L) int64; L == 1 except for multi-label data
 
 
@@ -44,6 +49,7 @@ class MedMNISTData:
     md5: str
     official: bool
     splits: dict[str, Split] = field(repr=False)
+    known_fingerprint: str | None = field(default=None, repr=False)  # a converted store's, hashed as it was written
 
     @property
     def info(self) -> dict:
@@ -75,7 +81,7 @@ class MedMNISTData:
     @cached_property
     def fingerprint(self) -> str:
         """Computed once: hashing a 224 px file takes a while, and several checks need it."""
-        return fingerprint(self.splits)
+        return self.known_fingerprint or fingerprint(self.splits)
 
 
 def check_dataset(flag: str) -> str:
@@ -94,13 +100,17 @@ def npz_name(flag: str, size: int) -> str:
 
 
 def fingerprint(splits: dict[str, Split]) -> str:
-    """SHA-256 of every split's images and labels: what a teacher cache was computed from."""
+    """SHA-256 of every split's images and labels: what a teacher cache was computed from.
+
+    A streamed split is hashed block by block: the same bytes in the same order, the same digest.
+    """
     digest = hashlib.sha256()
     for name in SPLITS:
         split = splits[name]
         for array in (split.images, split.labels.astype(np.int64)):
             digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
+            for block in array.blocks() if hasattr(array, "blocks") else (np.ascontiguousarray(array),):
+                digest.update(block.tobytes())
     return digest.hexdigest()
 
 
@@ -122,8 +132,12 @@ def download(flag: str, size: int, root: Path) -> None:
         ) from None
 
 
-def load_dataset(flag: str, root: Path | None = None, size: int = 28, allow_download: bool = True) -> MedMNISTData:
-    """Load all splits of one MedMNIST 2D file, downloading it only when it is absent."""
+def load_dataset(flag: str, root: Path | None = None, size: int = 28, allow_download: bool = True,
+                 budget: "MemoryBudget | None" = None) -> MedMNISTData:
+    """Load all splits of one MedMNIST 2D file, downloading it only when it is absent.
+
+    With a `budget` (medal.stream.budget), splits that do not fit it are streamed from a store.
+    """
     flag = check_dataset(flag)
     if size not in SIZES:
         raise MedalError(f"--size must be one of {', '.join(map(str, SIZES))}, got {size}.")
@@ -136,15 +150,22 @@ def load_dataset(flag: str, root: Path | None = None, size: int = 28, allow_down
     suffix = "" if size == 28 else f"_{size}"
     md5 = file_hash(path, "md5")
     official = md5 == INFO[flag][f"MD5{suffix}"]
-    try:
-        with np.load(path) as npz:
-            splits = {s: _split(npz, s, flag) for s in SPLITS}
-    except (OSError, ValueError, KeyError) as exc:
-        raise MedalError(f"{path} is not a MedMNIST .npz file ({exc}).") from None
+    known = None
+    if budget is not None:
+        from medal.stream.load import load_within_budget
+
+        splits, known = load_within_budget(path, flag, size, md5, budget)
+    else:
+        try:
+            with np.load(path) as npz:
+                splits = {s: _split(npz, s, flag) for s in SPLITS}
+        except (OSError, ValueError, KeyError) as exc:
+            raise MedalError(f"{path} is not a MedMNIST .npz file ({exc}).") from None
     if not official and root.resolve() != BUNDLED_ROOT.resolve():
         counts = ", ".join(f"{s} {len(splits[s].labels)}" for s in SPLITS)
         warn(f"{path} is not the official {flag} file (MD5 {md5} differs); using it as is ({counts}).")
-    return MedMNISTData(flag=flag, size=size, path=path, md5=md5, official=official, splits=splits)
+    return MedMNISTData(flag=flag, size=size, path=path, md5=md5, official=official, splits=splits,
+                        known_fingerprint=known)
 
 
 def _split(npz: np.lib.npyio.NpzFile, split: str, flag: str) -> Split:

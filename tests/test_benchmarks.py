@@ -41,13 +41,14 @@ def number(cell: str) -> float:
 
 def test_train_step(tmp_path):
     rows, out = run_script("train_step.py", tmp_path)
-    assert [k[:3] for k in rows] == ["(a)", "(b)", "(c)"]
+    assert [k[:3] for k in rows] == ["(a)", "(b)", "(c)", "(d)"]
     for cells in rows.values():
         ms, img_s, gflop = map(number, cells[:3])
         assert ms > 0 and img_s > 0 and gflop > 0
-    gflop_b, gflop_c = (number(cells[2]) for cells in list(rows.values())[1:])
-    assert gflop_c > gflop_b  # the online step's count includes the teacher forward
+    gflop_b, gflop_c, gflop_d = (number(cells[2]) for cells in list(rows.values())[1:])
+    assert gflop_c > gflop_b == gflop_d  # the online step's count includes the teacher forward
     assert "(b)/(a) step time:" in out and "(c)/(b) step time:" in out and "roofline: achieved" in out
+    assert "(d)/(b) step time:" in out
 
 
 def test_teacher_cache(tmp_path):

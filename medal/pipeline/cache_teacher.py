@@ -19,6 +19,7 @@ from medal.data import SPLITS, MedMNISTData, check_dataset, load_dataset
 from medal.errors import MedalError
 from medal.log import log
 from medal.progress import progress
+from medal.stream.budget import memory_budget
 from medal.device import autocast, resolve_device
 from medal.distributed import World, init_world
 from medal.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, to_device
@@ -41,6 +42,7 @@ class CacheConfig:
     force: bool = False
     chunk_rows: int = CHUNK_ROWS
     head: HeadRecipe = field(default_factory=HeadRecipe)
+    max_memory: str | None = None  # memory for image data ("8G"); splits beyond it stream (medal.stream)
 
 
 @dataclass
@@ -62,7 +64,8 @@ def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
         raise MedalError(f"weights file {cfg.weights} does not exist.")
     world = init_world(resolve_device(cfg.device))
     device = world.device(resolve_device(cfg.device))
-    data = load_dataset(cfg.dataset, cfg.root, cfg.size)
+    budget = memory_budget(cfg.max_memory, device, cache_dir(cfg.cache_dir) / "streams")
+    data = load_dataset(cfg.dataset, cfg.root, cfg.size, budget=budget)
     wid = weights_id(cfg.teacher, cfg.weights)
     root = cache_dir(cfg.cache_dir)
     key = cache_key(data.flag, data.size, cfg.teacher, cfg.image_size, wid)

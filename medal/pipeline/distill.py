@@ -4,6 +4,7 @@ The paper's recipe: Adam lr 1e-3, batch 128, x0.1 at epochs 50 and 75, 100 epoch
 checkpoint with the best validation AUC kept (and, with --patience, training stopped when it
 has not improved for that many epochs). The whole split is resident on the device as uint8;
 each step gathers a batch and its cached teacher logits by index, so the teacher never runs.
+A split too large for --max-memory is streamed from a store instead, in the same order (medal.stream).
 
 A run directory is built under a temporary name and renamed when complete:
 config.json, history.csv, history.png, best.pt, metrics.json, test_scores.npy, MODEL_CARD.md.
@@ -27,7 +28,7 @@ from medal.deploy.model_card import write_model_card
 from medal.device import resolve_device
 from medal.distributed import World, init_world
 from medal.errors import MedalError
-from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess, to_device
+from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
 from medal.io import write_csv, write_json, write_torch
 from medal.kd_loss import check_hyperparameters
 from medal.log import log
@@ -37,6 +38,8 @@ from medal.pipeline.evaluate import evaluate_model, predict, student_channels
 from medal.pipeline.student_step import StudentStep
 from medal.plots import plot_history
 from medal.progress import progress
+from medal.stream.budget import memory_budget
+from medal.stream.source import image_source
 
 
 KEEP = ("best", "last")
@@ -69,6 +72,7 @@ class DistillConfig:
     device: str = "auto"
     cache_dir: Path | None = None
     force: bool = False
+    max_memory: str | None = None  # memory for image data ("8G"); splits beyond it stream (medal.stream)
 
     def run_name(self, dataset: str, teacher: str | None) -> str:
         if self.alpha == 1:
@@ -129,7 +133,8 @@ def prepare(cfg: DistillConfig) -> tuple[MedMNISTData, list[TeacherCache]]:
     root = cfg.root or (Path(first["data_root"]) if first else default_root())
     if first and cfg.size not in (None, first["size"]):
         raise MedalError(f"--size {cfg.size} differs from the cache's MedMNIST file size {first['size']}.")
-    data = load_dataset(cfg.dataset, root, first["size"] if first else (cfg.size or 28))
+    budget = memory_budget(cfg.max_memory, resolve_device(cfg.device), cache_dir(cfg.cache_dir) / "streams")
+    data = load_dataset(cfg.dataset, root, first["size"] if first else (cfg.size or 28), budget=budget)
     for cache in caches:
         if cache.attrs["dataset"] != data.flag or cache.attrs["data_fingerprint"] != data.fingerprint:
             raise MedalError(
@@ -204,24 +209,25 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: MedMNISTData, ca
     model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None) if world.distributed else student
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=0.1)
-    images = to_device(data.splits["train"].images, device)
+    source = image_source(data.splits["train"].images, device)  # resident, or streamed batch by batch
     prep = Preprocess(cfg.image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(student))
-    step = StudentStep(model, optimizer, prep, images, torch.as_tensor(data.targets("train"), device=device),
-                       teacher_logits(caches, len(images), data.num_outputs, device), t=cfg.t, alpha=cfg.alpha,
+    step = StudentStep(model, optimizer, prep, None, torch.as_tensor(data.targets("train"), device=device),
+                       teacher_logits(caches, len(source), data.num_outputs, device), t=cfg.t, alpha=cfg.alpha,
                        multi_label=data.multi_label, device=device, compile=cfg.compile)
-    val_images = to_device(data.splits["val"].images, device) if world.main else None
+    val_images = image_source(data.splits["val"].images, device) if world.main else None
 
     history: list[dict] = []
     best_auc, since_best = -1.0, 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         start = time.perf_counter()
-        order = world.shard(torch.randperm(len(images), generator=generator)).to(device)
-        batches = [b for b in order.split(cfg.batch_size) if len(b) > 1]  # BatchNorm cannot train on one sample
+        order = world.shard(torch.randperm(len(source), generator=generator))
+        batches = [b for b in order.to(device).split(cfg.batch_size) if len(b) > 1]  # BatchNorm cannot train on one sample
+        rows = [b for b in order.to(source.index_device).split(cfg.batch_size) if len(b) > 1]  # what the source reads
         loss_sum = torch.zeros((), device=device)
-        for idx in progress(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-                            disable=not world.main, line=False):  # the epoch line below says it
-            loss_sum += step(idx)
+        for idx, images in progress(zip(batches, source.batches(rows)), total=len(batches), desc=f"epoch {epoch}/{cfg.epochs}",
+                                    unit="batch", leave=False, disable=not world.main, line=False):  # the epoch line says it
+            loss_sum += step(idx, images)
         schedule.step()
         train_loss = float(world.all_sum(loss_sum)) / (len(batches) * world.size)
         stop = False

@@ -17,18 +17,21 @@ from torch import nn
 from medal.data import MedMNISTData, load_dataset
 from medal.device import autocast, resolve_device
 from medal.errors import MedalError
-from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess, to_device
+from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
 from medal.io import read_json, write_json, write_npy
 from medal.metrics import evaluate_scores, scores_from_logits
 from medal.models import build_student
+from medal.stream.source import ResidentImages, StreamedImages, image_source
 
 
-def predict(model: nn.Module, images: torch.Tensor, prep: Preprocess, task: str, device: torch.device,
-            batch_size: int = 512) -> np.ndarray:
-    """Probabilities (softmax, or sigmoid for multi-label) for uint8 images resident on the device."""
+def predict(model: nn.Module, images: torch.Tensor | ResidentImages | StreamedImages, prep: Preprocess, task: str,
+            device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """Probabilities (softmax, or sigmoid for multi-label) for uint8 images on the device, or streamed."""
+    source = ResidentImages(images) if isinstance(images, torch.Tensor) else images
+    order = [slice(i, i + batch_size) for i in range(0, len(source), batch_size)]
     model.eval()
     with torch.inference_mode(), autocast(device):
-        logits = torch.cat([model(prep(images[i : i + batch_size])).float() for i in range(0, len(images), batch_size)])
+        logits = torch.cat([model(prep(batch)).float() for batch in source.batches(order)])
     return scores_from_logits(logits, task).cpu().numpy()
 
 
@@ -43,7 +46,7 @@ def evaluate_model(model: nn.Module, data: MedMNISTData, image_size: int, device
     prep = Preprocess(image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(model))
     metrics: dict = {}
     for split in ("test", "val"):
-        scores = predict(model, to_device(data.splits[split].images, device), prep, data.task, device)
+        scores = predict(model, image_source(data.splits[split].images, device), prep, data.task, device)
         metrics[split] = evaluate_scores(data.splits[split].labels, scores, data.task)
         if split == "test" and run is not None:
             write_npy(run / "test_scores.npy", scores)

@@ -1,7 +1,7 @@
 """One optimisation step of the student, shared by `distill` and the benchmarks.
 
 Everything stays on the device: the batch is gathered from the resident uint8 split by
-index, preprocessed on the device, run under bf16 autocast (CUDA), and its soft targets are
+index (or handed in, already read, by a streamed split's source), preprocessed on the device, run under bf16 autocast (CUDA), and its soft targets are
 gathered from the resident cached teacher logits by the same index. Nothing in the step
 reads a value back to the host, so the GPU is never stalled by Python.
 """
@@ -21,9 +21,12 @@ LossFn = Callable[..., torch.Tensor]
 
 
 class StudentStep:
-    """step(idx) -> detached loss; teacher logits (N, C), (K, N, C) for several teachers, or None."""
+    """step(idx[, images]) -> detached loss; teacher logits (N, C), (K, N, C) for several teachers, or None.
 
-    def __init__(self, student: nn.Module, optimizer: torch.optim.Optimizer, prep: Preprocess, images: torch.Tensor,
+    `images` None: every call passes its batch (see medal.stream.source).
+    """
+
+    def __init__(self, student: nn.Module, optimizer: torch.optim.Optimizer, prep: Preprocess, images: torch.Tensor | None,
                  targets: torch.Tensor, teacher_logits: torch.Tensor | None, *, t: float, alpha: float,
                  multi_label: bool, device: torch.device, compile: bool = False):
         self.student, self.optimizer, self.prep = student, optimizer, prep
@@ -44,9 +47,10 @@ class StudentStep:
             return None
         return self.teacher[:, idx] if self.teacher.ndim == 3 else self.teacher[idx]
 
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """One update on the samples `idx`; `images` is their uint8 batch when the caller read it."""
         with autocast(self.device):
-            logits = self.forward(self.prep(self.images[idx]))
+            logits = self.forward(self.prep(self.images[idx] if images is None else images))
         loss = self.loss_fn(logits.float(), self.soft_targets(idx), self.targets[idx], t=self.t, alpha=self.alpha,
                             multi_label=self.multi_label)
         self.optimizer.zero_grad(set_to_none=True)

@@ -144,6 +144,7 @@ def distill_command(cfg: DistillConfig) -> list[str]:
             "--out", str(cfg.out), "--force"]
     teachers = ",".join(cfg.teachers) or None
     for flag, value in (("--root", cfg.root), ("--size", cfg.size), ("--cache-dir", cfg.cache_dir),
+                        ("--max-memory", cfg.max_memory),
                         ("--cache-key", cfg.cache_key),
                         ("--teachers", teachers), ("--teacher", None if teachers else cfg.teacher)):
         if value is not None:

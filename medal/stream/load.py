@@ -1,0 +1,59 @@
+"""`load_dataset` under a memory budget: each split resident if it fits, else streamed from a store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from medal.data import SPLITS, Split, _split
+from medal.errors import MedalError
+from medal.log import log
+from medal.stream.budget import MemoryBudget, human
+from medal.stream.store import StoredImages, convert_npz, npz_image_bytes, store_name
+
+def load_within_budget(path: Path, flag: str, size: int, md5: str, budget: MemoryBudget
+                       ) -> tuple[dict[str, Split], str | None]:
+    """(splits, the data fingerprint when the store already knows it) for one MedMNIST .npz.
+
+    Logs one line per split saying which path it takes and why. The store is converted once
+    per file (its name carries the file's MD5), and reused by every later run.
+    """
+    try:
+        sizes = npz_image_bytes(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise MedalError(f"{path} is not a MedMNIST .npz file ({exc}).") from None
+    resident = budget.plan(sizes)
+    store = budget.stores / store_name(flag, size, md5)
+    left = budget.bytes
+    for split in SPLITS:
+        cost = budget.resident_cost(sizes[split])
+        if resident[split]:
+            log(f"{split}: {human(sizes[split])} of images, resident (takes {human(cost)} of the {human(left)} left"
+                f" of {human(budget.bytes)}, {budget.why})")
+            left -= cost
+        else:
+            log(f"{split}: {human(sizes[split])} of images, streamed from {store} (resident it would take"
+                f" {human(cost)}, more than the {human(left)} left of {human(budget.bytes)}, {budget.why})")
+    if all(resident.values()):
+        return _read_resident(path, flag, SPLITS), None
+    if not (store / "zarr.json").is_file():
+        convert_npz(path, store, flag, size, md5)
+    group = zarr.open_group(store, mode="r")
+    splits = _read_resident(path, flag, [s for s in SPLITS if resident[s]])
+    stream_bytes = budget.bytes - sum(budget.resident_cost(sizes[s]) for s in SPLITS if resident[s])
+    for split in SPLITS:
+        if not resident[split]:
+            labels = np.asarray(group[f"{split}/labels"][...], dtype=np.int64)
+            splits[split] = Split(images=StoredImages(store / split / "images", stream_bytes), labels=labels)
+    return {s: splits[s] for s in SPLITS}, str(group.attrs["fingerprint"])
+
+
+def _read_resident(path: Path, flag: str, splits: list[str] | tuple[str, ...]) -> dict[str, Split]:
+    """These splits loaded whole (np.load reads only the members asked for)."""
+    try:
+        with np.load(path) as npz:
+            return {s: _split(npz, s, flag) for s in splits}
+    except (OSError, ValueError, KeyError) as exc:
+        raise MedalError(f"{path} is not a MedMNIST .npz file ({exc}).") from None
