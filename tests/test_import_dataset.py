@@ -226,7 +226,7 @@ def broken_set(tmp_path: Path, case: str) -> list:
 
 
 BAD = {
-    "unreadable": "1 images cannot be read: ",
+    "unreadable": "1 image cannot be read: ",
     "empty class": "empty class: train/c/ holds no images",
     "split without images": "a split without images",
     "labels that do not parse": "labels that do not parse",

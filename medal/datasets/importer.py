@@ -83,11 +83,11 @@ def import_dataset(cfg: ImportConfig) -> ImportResult:
     if bad and not cfg.skip_bad:
         raise_unreadable(bad)
     width = len(listing.items[0].label)
-    check_coverage({s: label_matrix([i for i in listing.items if i.split == s and str(i.path) not in dict(bad)], width)
+    check_coverage({s: label_matrix([i for i in listing.items if i.split == s and str(i.path) not in bad], width)
                     for s in SPLITS}, listing)
     channels = cfg.channels or (3 if any(m in COLOUR_MODES for m in modes.values()) else 1)
     with DatasetWriter(final, cfg.size, channels, width) as writer:
-        skipped = write_splits(writer, listing, cfg.size, channels, dict(bad), cfg.skip_bad)
+        skipped = write_splits(writer, listing, cfg.size, channels, bad, cfg.skip_bad)
         written = {s: writer.labels(s) for s in SPLITS}
         check_coverage(written, listing)
         attrs = {"name": cfg.name, "task": task, "label_names": listing.label_names, "interpolation": INTERPOLATION,
@@ -101,12 +101,13 @@ def import_dataset(cfg: ImportConfig) -> ImportResult:
     return ImportResult(path, read_attrs(path), counts, skipped)
 
 
-def raise_unreadable(bad: list[tuple[str, str]]) -> None:
-    listed = [f"{path} ({why})" for path, why in bad]
-    raise MedalError(f"{len(bad)} images cannot be read: {some(listed)}; fix or remove them, or pass --skip-bad.")
+def raise_unreadable(bad: dict[str, str]) -> None:
+    listed = [f"{path} ({why})" for path, why in bad.items()]
+    raise MedalError(f"{len(bad)} image{'s' if len(bad) > 1 else ''} cannot be read: {some(listed)}; "
+                     f"fix or remove them, or pass --skip-bad.")
 
 
-def scan(items: list[Item]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+def scan(items: list[Item]) -> tuple[dict[str, str], dict[str, str]]:
     """Every image's mode from its header (cheap), and the files Pillow cannot even identify."""
     def mode(item: Item) -> tuple[str, str | None, str | None]:
         try:
@@ -115,14 +116,14 @@ def scan(items: list[Item]) -> tuple[dict[str, str], list[tuple[str, str]]]:
         except Exception as exc:  # Pillow raises many types for a bad file; each means "cannot read it"
             return str(item.path), None, reason(exc)
 
-    modes, bad = {}, []
+    modes, bad = {}, {}
     with ThreadPoolExecutor(WORKERS) as pool:
         for path, m, why in progress(pool.map(mode, items), total=len(items), desc="scan", unit="img", leave=False,
                                       line=False):
             if why is None:
                 modes[path] = m
             else:
-                bad.append((path, why))
+                bad[path] = why
     return modes, bad
 
 
@@ -160,7 +161,7 @@ def write_splits(writer: DatasetWriter, listing: Listing, size: int, channels: i
         except Exception as exc:  # a truncated or corrupt file fails only now, when its pixels are read
             return item, None, reason(exc)
 
-    failed: list[tuple[str, str]] = []
+    failed: dict[str, str] = {}
     bar = progress(total=len(listing.items) - len(bad), desc="import", unit="img")
     with ThreadPoolExecutor(WORKERS) as pool:
         for split in SPLITS:
@@ -170,7 +171,7 @@ def write_splits(writer: DatasetWriter, listing: Listing, size: int, channels: i
             for start in range(0, len(items), SHARD_ROWS):
                 decoded = list(pool.map(decode, items[start : start + SHARD_ROWS]))
                 bar.update(len(decoded))
-                failed += [(str(item.path), why) for item, image, why in decoded if image is None]
+                failed.update({str(item.path): why for item, image, why in decoded if image is None})
                 block = [(item, image) for item, image, _ in decoded if image is not None]
                 if block:
                     writer.write(split, kept, np.stack([image for _, image in block]),
@@ -180,7 +181,7 @@ def write_splits(writer: DatasetWriter, listing: Listing, size: int, channels: i
     bar.close()
     if failed and not skip_bad:
         raise_unreadable(failed)
-    return [f"{path} ({why})" for path, why in [*bad.items(), *failed]]
+    return [f"{path} ({why})" for path, why in [*bad.items(), *failed.items()]]
 
 
 def label_matrix(items: list[Item], width: int) -> np.ndarray:
