@@ -27,6 +27,7 @@ DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), c
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout instead of a table.")
 AsRgbOpt = typer.Option(True, "--as-rgb/--no-as-rgb", help="Repeat grayscale to 3 channels (the paper), or train on 1 channel (MedMNIST's own recipe without --as_rgb).")
 MaxMemoryOpt = typer.Option(None, "--max-memory", help="Memory for image data, e.g. 8G or 500M (default: half the free RAM, and of the free GPU memory on CUDA); a split that does not fit is streamed from a store converted once into the cache dir.")
+DataDirOpt = typer.Option(None, "--data-dir", envvar="MEDAL_DATA_DIR", help="Where imported datasets live (default ~/.cache/medal/datasets).")
 KeepOpt = typer.Option("best", "--keep", help="Weights kept and evaluated: best (best val AUC, the paper) or last (the last epoch, what MedMNIST's script evaluates).")
 
 
@@ -39,11 +40,12 @@ def _milestones(text: str) -> tuple[int, ...]:
 
 @app.command("cache-teacher")
 def cache_teacher(
-    dataset: str = typer.Option(..., "--dataset", help="A MedMNIST 2D flag, e.g. bloodmnist, chestmnist, organamnist."),
+    dataset: str = typer.Option(..., "--dataset", help="A MedMNIST 2D flag (bloodmnist, chestmnist, ...), or an imported dataset's name or .zarr path."),
     teacher: str = typer.Option("dinov2_vitb14", "--teacher", help="dinov2_vits14 | dinov2_vitb14 (the paper's) | dinov2_vitl14 | dinov2_vitg14."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint: official torch.hub .pth or timm/HF .safetensors. Default: download via timm."),
     root: Optional[Path] = typer.Option(None, "--root", help="Directory holding the MedMNIST .npz files (default: medmnist's ~/.medmnist)."),
-    size: int = typer.Option(28, "--size", help="Which MedMNIST file: 28, 64, 128 or 224 pixels."),
+    size: Optional[int] = typer.Option(None, "--size", help="Which MedMNIST file: 28 (default), 64, 128 or 224 pixels; an imported dataset has its own."),
+    data_dir: Optional[Path] = DataDirOpt,
     image_size: int = typer.Option(224, "--image-size", help="Pixels the teacher sees (multiple of 14)."),
     batch_size: int = typer.Option(512, "--batch-size", help="Teacher forward batch size; halved automatically on CUDA out-of-memory."),
     head_epochs: int = typer.Option(100, "--head-epochs", help="Epochs of linear-head training on the cached features."),
@@ -58,7 +60,7 @@ def cache_teacher(
     from medal.pipeline.cache_teacher import CacheConfig, HeadRecipe, run_cache_teacher
 
     head = HeadRecipe(epochs=head_epochs)
-    result = run_cache_teacher(CacheConfig(dataset=dataset, teacher=teacher, weights=weights, root=root, size=size,
+    result = run_cache_teacher(CacheConfig(dataset=dataset, teacher=teacher, weights=weights, root=root, data_dir=data_dir, size=size,
                                            image_size=image_size, batch_size=batch_size, device=device,
                                            cache_dir=cache_dir, force=force, chunk_rows=chunk_rows,
                                            head=head, max_memory=max_memory))
@@ -81,8 +83,9 @@ def _head_table(attrs: dict) -> str:
 
 @app.command()
 def distill(
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset flag; may be omitted when exactly one dataset is cached."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="MedMNIST flag, or imported dataset name or path; may be omitted when exactly one dataset is cached."),
     root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory (default: where the cached data came from)."),
+    data_dir: Optional[Path] = DataDirOpt,
     size: Optional[int] = typer.Option(None, "--size", help="Which MedMNIST file (28, 64, 128, 224); default: the cache's, else 28."),
     t: float = typer.Option(2.0, "--t", help="Distillation temperature, > 0 (paper's best: 2)."),
     alpha: float = typer.Option(0.2, "--alpha", help="Weight of CE; 1 - alpha weighs the KL term. --alpha 1 is the plain CE baseline (no cache needed)."),
@@ -113,7 +116,7 @@ def distill(
     from medal.pipeline.evaluate import format_table
 
     names = tuple(n.strip() for n in teachers.split(",") if n.strip()) if teachers else ()
-    cfg = DistillConfig(dataset=dataset, root=root, size=size, t=t, alpha=alpha, teacher=teacher, teachers=names,
+    cfg = DistillConfig(dataset=dataset, root=root, data_dir=data_dir, size=size, t=t, alpha=alpha, teacher=teacher, teachers=names,
                         cache_key=cache_key, compile=compile, student=student,
                         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
                         milestones=_milestones(milestones), patience=patience, seed=seed, image_size=image_size,
@@ -138,6 +141,7 @@ def _print_metrics(run: Path, as_json: bool, format_table) -> None:
 def evaluate(
     run: Path = typer.Argument(..., help="A finished run directory (from `medal distill`)."),
     root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory, if the data moved since training."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="MEDAL_DATA_DIR", help="Where the imported dataset lies, if it moved since training."),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -145,9 +149,33 @@ def evaluate(
     from medal.deploy.model_card import write_model_card
     from medal.pipeline.evaluate import evaluate_run, format_table
 
-    evaluate_run(run, device=device, root=root)
+    evaluate_run(run, device=device, root=root, data_dir=data_dir)
     write_model_card(run)
     _print_metrics(run, as_json, format_table)
+
+
+@app.command("import-dataset")
+def import_dataset(
+    source: Path = typer.Argument(..., help="An ImageFolder (train/, val/, test/ of class folders, or class folders alone) or a CSV of path,label[,split]."),
+    name: str = typer.Option(..., "--name", help="What --dataset will call it (not a MedMNIST flag)."),
+    size: int = typer.Option(..., "--size", help="Images are resized to SIZE x SIZE pixels (bicubic)."),
+    split_fractions: Optional[str] = typer.Option(None, "--split-fractions", help="train,val,test fractions for a source without splits (default 0.7,0.1,0.2), stratified by class."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --split-fractions draw."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: 3 if any image is in colour, else 1)."),
+    task: Optional[str] = typer.Option(None, "--task", help="multi-class | binary-class | multi-label | ordinal (default: inferred from the labels)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) images that cannot be read, instead of stopping."),
+    data_dir: Optional[Path] = DataDirOpt,
+    force: bool = typer.Option(False, "--force", help="Replace a dataset of the same name."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Turn your own labelled images into a medal dataset that every --dataset takes."""
+    from medal.datasets.importer import ImportConfig, as_json as result_json, import_dataset as run_import, summary
+    from medal.datasets.sources import parse_fractions
+
+    fractions = parse_fractions(split_fractions) if split_fractions else None
+    result = run_import(ImportConfig(source=source, name=name, size=size, split_fractions=fractions, seed=seed,
+                                     channels=channels, task=task, skip_bad=skip_bad, data_dir=data_dir, force=force))
+    print(json.dumps(result_json(result), indent=2) if as_json else summary(result))
 
 
 @cache_app.command("ls")
@@ -195,7 +223,7 @@ def demo(
 
 @app.command()
 def sweep(
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset flag; may be omitted when exactly one dataset is cached."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="MedMNIST flag, or imported dataset name or path; may be omitted when exactly one dataset is cached."),
     t: str = typer.Option("2", "--t", help="Temperatures: a list (1,2,5), a range (1:9, step 1) or START:END:STEP."),
     alpha: str = typer.Option("0.2", "--alpha", help="CE weights in [0, 1], same syntax (0.1:0.9:0.1); 1 is the CE baseline."),
     seeds: str = typer.Option("0", "--seeds", help="Seeds, same syntax (0,1,2 or 0:2)."),
@@ -215,6 +243,7 @@ def sweep(
     gpus: Optional[str] = typer.Option(None, "--gpus", help="Run points in parallel, one process per GPU: 0,1,2,3 or 'all' (visible GPUs)."),
     size: Optional[int] = typer.Option(None, "--size", help="Which MedMNIST file (28, 64, 128, 224); default: the cache's, else 28."),
     root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory (default: where the cached data came from)."),
+    data_dir: Optional[Path] = DataDirOpt,
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
     max_memory: Optional[str] = MaxMemoryOpt,
@@ -227,7 +256,7 @@ def sweep(
 
     grid = SweepConfig(ts=parse_values(t, "--t"), alphas=parse_values(alpha, "--alpha"),
                        seeds=parse_values(seeds, "--seeds", integer=True), jobs=jobs, gpus=_gpus(gpus),
-                       base=DistillConfig(dataset=dataset, root=root, size=size, teacher=teacher, student=student,
+                       base=DistillConfig(dataset=dataset, root=root, data_dir=data_dir, size=size, teacher=teacher, student=student,
                                           epochs=epochs,
                                           teachers=tuple(n.strip() for n in (teachers or "").split(",") if n.strip()),
                                           batch_size=batch_size, lr=lr, milestones=_milestones(milestones),

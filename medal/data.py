@@ -69,6 +69,11 @@ class MedMNISTData:
         return len(self.info["label"])
 
     @property
+    def label_names(self) -> list[str]:
+        """Class names in logit order (for multi-label data, one name per label)."""
+        return [self.info["label"][str(i)] for i in range(self.num_outputs)]
+
+    @property
     def channels(self) -> int:
         """Native channels of the images: 1 for grayscale sets, 3 for colour ones."""
         return int(self.splits["train"].images.shape[-1])

@@ -15,7 +15,9 @@ import torch
 
 import medal
 from medal.cache.store import CHUNK_ROWS, CacheWriter, TeacherCache, cache_dir, cache_key, list_caches
-from medal.data import SPLITS, MedMNISTData, check_dataset, load_dataset
+from medal.data import SPLITS
+from medal.datasets.base import Dataset
+from medal.datasets.resolve import resolve_dataset
 from medal.errors import MedalError
 from medal.log import log
 from medal.progress import progress
@@ -34,7 +36,8 @@ class CacheConfig:
     teacher: str = "dinov2_vitb14"
     weights: Path | None = None
     root: Path | None = None
-    size: int = 28
+    data_dir: Path | None = None  # where imported datasets live
+    size: int | None = None  # which MedMNIST file (default 28); an imported dataset has its own size
     image_size: int = 224
     batch_size: int = 512
     device: str = "auto"
@@ -57,7 +60,6 @@ def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
     Under torchrun each rank runs the backbone over its own whole chunks of every split;
     rank 0 then trains the head on all features, writes the logits and renames the cache.
     """
-    check_dataset(cfg.dataset)
     check_teacher(cfg.teacher)
     check_teacher_image_size(cfg.image_size)
     if cfg.weights is not None and not Path(cfg.weights).is_file():
@@ -65,7 +67,7 @@ def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
     world = init_world(resolve_device(cfg.device))
     device = world.device(resolve_device(cfg.device))
     budget = memory_budget(cfg.max_memory, device, cache_dir(cfg.cache_dir) / "streams")
-    data = load_dataset(cfg.dataset, cfg.root, cfg.size, budget=budget)
+    data = resolve_dataset(cfg.dataset, cfg.root, cfg.size, cfg.data_dir, budget=budget)
     wid = weights_id(cfg.teacher, cfg.weights)
     root = cache_dir(cfg.cache_dir)
     key = cache_key(data.flag, data.size, cfg.teacher, cfg.image_size, wid)
@@ -88,7 +90,7 @@ def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
     return CacheResult(cache or TeacherCache(writer.final), created=True)
 
 
-def teacher_features(teacher: torch.nn.Module, data: MedMNISTData, split: str, cfg: CacheConfig,
+def teacher_features(teacher: torch.nn.Module, data: Dataset, split: str, cfg: CacheConfig,
                      device: torch.device, writer: CacheWriter, world: World) -> None:
     """CLS features of one split, streamed to Zarr as fp16, one whole chunk at a time.
 
@@ -126,7 +128,7 @@ def forward_fitting(teacher: torch.nn.Module, prep: Preprocess, images: torch.Te
         return torch.cat([forward_fitting(teacher, prep, images[:half]), forward_fitting(teacher, prep, images[half:])])
 
 
-def fit_head(features: dict[str, torch.Tensor], data: MedMNISTData, cfg: CacheConfig, writer: CacheWriter,
+def fit_head(features: dict[str, torch.Tensor], data: Dataset, cfg: CacheConfig, writer: CacheWriter,
              wid: str, dim: int) -> dict:
     """Train the linear head, write its raw logits for every split; returns the cache's attrs."""
     targets = torch.as_tensor(data.targets("train"), device=features["train"].device)
@@ -144,7 +146,7 @@ def fit_head(features: dict[str, torch.Tensor], data: MedMNISTData, cfg: CacheCo
     return provenance(cfg, data, wid, dim, metrics, chosen["epoch"])
 
 
-def provenance(cfg: CacheConfig, data: MedMNISTData, wid: str, dim: int, metrics: dict, head_epoch: int) -> dict:
+def provenance(cfg: CacheConfig, data: Dataset, wid: str, dim: int, metrics: dict, head_epoch: int) -> dict:
     """What a cache records about itself: enough to refuse stale data and to cite the teacher."""
     return {
         "dataset": data.flag,
@@ -152,6 +154,7 @@ def provenance(cfg: CacheConfig, data: MedMNISTData, wid: str, dim: int, metrics
         "num_outputs": data.num_outputs,
         "size": data.size,
         "data_root": str(data.path.parent.resolve()),
+        "data_path": str(data.path.resolve()),
         "data_file": data.path.name,
         "data_md5": data.md5,
         "data_official": data.official,

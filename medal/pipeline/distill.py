@@ -23,7 +23,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import medal
 from medal.cache.store import TeacherCache, cache_dir, find_cache, list_caches
-from medal.data import MedMNISTData, check_dataset, default_root, load_dataset
+from medal.data import default_root
+from medal.datasets.base import Dataset
+from medal.datasets.resolve import dataset_name, is_path, resolve_dataset
 from medal.deploy.model_card import write_model_card
 from medal.device import resolve_device
 from medal.distributed import World, init_world
@@ -49,6 +51,7 @@ KEEP = ("best", "last")
 class DistillConfig:
     dataset: str | None = None
     root: Path | None = None
+    data_dir: Path | None = None  # where imported datasets live; default: where the cached data came from
     size: int | None = None  # which MedMNIST file; default: the cache's, else 28
     t: float = 2.0
     alpha: float = 0.2
@@ -119,22 +122,28 @@ def select_cache(cfg: DistillConfig, teacher: str | None) -> TeacherCache:
     return hits[0]
 
 
-def prepare(cfg: DistillConfig) -> tuple[MedMNISTData, list[TeacherCache]]:
+def prepare(cfg: DistillConfig) -> tuple[Dataset, list[TeacherCache]]:
     """Resolve the caches and the data, and check that they belong together. Writes nothing."""
     check_config(cfg)
+    source = cfg.dataset  # a flag, a name or a path; caches know the dataset by its name
+    if cfg.dataset is not None:
+        cfg.dataset = dataset_name(cfg.dataset)
     caches: list[TeacherCache] = []
     if cfg.alpha < 1:
         caches = [select_cache(cfg, name) for name in cfg.teachers] if cfg.teachers else [select_cache(cfg, cfg.teacher)]
         cfg.teacher = caches[0].attrs["teacher"]
     elif cfg.dataset is None:
         raise MedalError("--alpha 1 (the plain CE student) needs --dataset.")
-    cfg.dataset = check_dataset(cfg.dataset)
     first = caches[0].attrs if caches else None
-    root = cfg.root or (Path(first["data_root"]) if first else default_root())
+    recorded = Path(first["data_root"]) if first else None
+    root = cfg.root or recorded or default_root()
     if first and cfg.size not in (None, first["size"]):
         raise MedalError(f"--size {cfg.size} differs from the cache's MedMNIST file size {first['size']}.")
     budget = memory_budget(cfg.max_memory, resolve_device(cfg.device), cache_dir(cfg.cache_dir) / "streams")
-    data = load_dataset(cfg.dataset, root, first["size"] if first else (cfg.size or 28), budget=budget)
+    data = resolve_dataset(source or cfg.dataset, root, first["size"] if first else cfg.size, cfg.data_dir or recorded,
+                           budget=budget)
+    if source and is_path(source):
+        cfg.data_dir = data.path.parent  # from here on the name finds it (config.json, sweep's child processes)
     for cache in caches:
         if cache.attrs["dataset"] != data.flag or cache.attrs["data_fingerprint"] != data.fingerprint:
             raise MedalError(
@@ -161,7 +170,7 @@ def run_distill(cfg: DistillConfig) -> Path:
     student = build_student(cfg.student, data.num_outputs, cfg.pretrained, in_chans=in_chans)
     partial = out.with_name(f".{out.name}.partial")
     config = {**asdict(cfg), "task": data.task, "size": data.size, "data_root": str(data.path.parent.resolve()),
-              "data_md5": data.md5, "data_fingerprint": data.fingerprint,
+              "data_path": str(data.path.resolve()), "data_md5": data.md5, "data_fingerprint": data.fingerprint,
               "cache_key": caches[0].key if caches else None, "cache_keys": [c.key for c in caches],
               "teachers": [c.attrs["teacher"] for c in caches], "world_size": world.size, "in_chans": in_chans,
               "medal_version": medal.__version__, "torch_version": torch.__version__}
@@ -200,7 +209,7 @@ def teacher_logits(caches: list[TeacherCache], n: int, outputs: int, device: tor
     return stacked[0] if len(caches) == 1 else stacked
 
 
-def train_student(cfg: DistillConfig, student: nn.Module, data: MedMNISTData, caches: list[TeacherCache],
+def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, caches: list[TeacherCache],
                   device: torch.device, run: Path, world: World) -> list[dict]:
     """The training loop; rank 0 writes history.csv/.png and best.pt into `run` as it goes."""
     generator = torch.Generator().manual_seed(cfg.seed)  # same seed on every rank: same global order

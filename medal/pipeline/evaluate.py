@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medal.data import MedMNISTData, load_dataset
+from medal.datasets.base import Dataset
+from medal.datasets.resolve import resolve_dataset
 from medal.device import autocast, resolve_device
 from medal.errors import MedalError
 from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
@@ -40,7 +41,7 @@ def student_channels(model: nn.Module) -> int:
     return int(next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels)
 
 
-def evaluate_model(model: nn.Module, data: MedMNISTData, image_size: int, device: torch.device, run: Path | None,
+def evaluate_model(model: nn.Module, data: Dataset, image_size: int, device: torch.device, run: Path | None,
                    config: dict, extra: dict | None = None) -> dict:
     """Test and val metrics; with a `run`, also written there as metrics.json and test_scores.npy."""
     prep = Preprocess(image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(model))
@@ -61,12 +62,13 @@ def evaluate_model(model: nn.Module, data: MedMNISTData, image_size: int, device
 class LoadedRun:
     path: Path
     config: dict
-    data: MedMNISTData
+    data: Dataset
     model: nn.Module
     prep: Preprocess
 
 
-def load_run(run: Path, device: torch.device, root: Path | None = None, data: MedMNISTData | None = None) -> LoadedRun:
+def load_run(run: Path, device: torch.device, root: Path | None = None, data: Dataset | None = None,
+             data_dir: Path | None = None) -> LoadedRun:
     """A finished run's student (eval mode, on `device`) and the data it was trained on."""
     run = Path(run)
     for name in ("config.json", "best.pt"):
@@ -74,7 +76,8 @@ def load_run(run: Path, device: torch.device, root: Path | None = None, data: Me
             raise MedalError(f"{run} is not a finished medal run (no {name}).")
     config = read_json(run / "config.json")
     if data is None:
-        data = load_dataset(config["dataset"], root or Path(config["data_root"]), config["size"])
+        recorded = Path(config["data_root"])  # the MedMNIST directory, or the data dir holding <name>.zarr
+        data = resolve_dataset(config["dataset"], root or recorded, config["size"], data_dir or recorded)
     if data.fingerprint != config["data_fingerprint"]:
         raise MedalError(f"the data in {data.path} is not the data {run} was trained on (fingerprint differs).")
     model = build_student(config["student"], data.num_outputs, in_chans=config.get("in_chans", 3))
@@ -83,10 +86,10 @@ def load_run(run: Path, device: torch.device, root: Path | None = None, data: Me
     return LoadedRun(run, config, data, model.to(device).eval(), prep)
 
 
-def evaluate_run(run: Path, device: str = "auto", root: Path | None = None) -> dict:
+def evaluate_run(run: Path, device: str = "auto", root: Path | None = None, data_dir: Path | None = None) -> dict:
     """Recompute a finished run's metrics from its best.pt."""
     dev = resolve_device(device)
-    loaded = load_run(run, dev, root)
+    loaded = load_run(run, dev, root, data_dir=data_dir)
     return evaluate_model(loaded.model, loaded.data, loaded.config["image_size"], dev, loaded.path, loaded.config)
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medal.cache.store import cache_dir, list_caches
-from medal.data import MedMNISTData
+from medal.datasets.base import Dataset
 from medal.device import resolve_device
 from medal.errors import MedalError
 from medal.images import to_device
@@ -24,13 +24,12 @@ from medal.pipeline.evaluate import LoadedRun, load_run
 from medal.plots import plt, save
 
 
-def colour_labels(data: MedMNISTData, split: str) -> tuple[np.ndarray, list[str]]:
+def colour_labels(data: Dataset, split: str) -> tuple[np.ndarray, list[str]]:
     """One colour index per sample: its class, or for multi-label data whether any finding is present."""
     labels = data.splits[split].labels
     if data.multi_label:
         return labels.any(1).astype(int), ["no finding", "finding"]
-    names = data.info["label"]
-    return labels[:, 0], [names[str(i)] for i in range(len(names))]
+    return labels[:, 0], data.label_names
 
 
 def penultimate(loaded: LoadedRun, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
@@ -143,13 +142,13 @@ def grad_cam(model: nn.Module, x: torch.Tensor, layer: nn.Module) -> tuple[torch
     return cam, logits.detach()
 
 
-def label_text(data: MedMNISTData, values: np.ndarray) -> str:
+def label_text(data: Dataset, values: np.ndarray) -> str:
     """Class name, or the present findings for multi-label data."""
-    names = data.info["label"]
+    names = data.label_names
     if data.multi_label:
-        found = [names[str(i)] for i in np.flatnonzero(values)]
+        found = [names[i] for i in np.flatnonzero(values)]
         return ", ".join(found)[:24] or "none"
-    return names[str(int(values[0]))][:24]
+    return names[int(values[0])][:24]
 
 
 def run_cam(run: Path, n: int = 8, out: Path | None = None, device: str = "auto") -> Path:

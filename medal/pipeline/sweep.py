@@ -143,8 +143,8 @@ def distill_command(cfg: DistillConfig) -> list[str]:
             "--keep", cfg.keep, "--as-rgb" if cfg.as_rgb else "--no-as-rgb",
             "--out", str(cfg.out), "--force"]
     teachers = ",".join(cfg.teachers) or None
-    for flag, value in (("--root", cfg.root), ("--size", cfg.size), ("--cache-dir", cfg.cache_dir),
-                        ("--max-memory", cfg.max_memory),
+    for flag, value in (("--root", cfg.root), ("--data-dir", cfg.data_dir), ("--size", cfg.size),
+                        ("--cache-dir", cfg.cache_dir), ("--max-memory", cfg.max_memory),
                         ("--cache-key", cfg.cache_key),
                         ("--teachers", teachers), ("--teacher", None if teachers else cfg.teacher)):
         if value is not None:

@@ -24,8 +24,25 @@ def load_within_budget(path: Path, flag: str, size: int, md5: str, budget: Memor
         sizes = npz_image_bytes(path)
     except (OSError, ValueError, KeyError) as exc:
         raise MedalError(f"{path} is not a MedMNIST .npz file ({exc}).") from None
-    resident = budget.plan(sizes)
     store = budget.stores / store_name(flag, size, md5)
+    resident = plan_splits(budget, sizes, store)
+    if all(resident.values()):
+        return _read_resident(path, flag, SPLITS), None
+    if not (store / "zarr.json").is_file():
+        convert_npz(path, store, flag, size, md5)
+    group = zarr.open_group(store, mode="r")
+    splits = _read_resident(path, flag, [s for s in SPLITS if resident[s]])
+    stream_bytes = streaming_bytes(budget, sizes, resident)
+    for split in SPLITS:
+        if not resident[split]:
+            labels = np.asarray(group[f"{split}/labels"][...], dtype=np.int64)
+            splits[split] = Split(images=StoredImages(store / split / "images", stream_bytes), labels=labels)
+    return {s: splits[s] for s in SPLITS}, str(group.attrs["fingerprint"])
+
+
+def plan_splits(budget: MemoryBudget, sizes: dict[str, int], store: Path) -> dict[str, bool]:
+    """split -> resident?, logging one line per split that says which path it takes and why."""
+    resident = budget.plan(sizes)
     left = budget.bytes
     for split in SPLITS:
         cost = budget.resident_cost(sizes[split])
@@ -36,18 +53,12 @@ def load_within_budget(path: Path, flag: str, size: int, md5: str, budget: Memor
         else:
             log(f"{split}: {human(sizes[split])} of images, streamed from {store} (resident it would take"
                 f" {human(cost)}, more than the {human(left)} left of {human(budget.bytes)}, {budget.why})")
-    if all(resident.values()):
-        return _read_resident(path, flag, SPLITS), None
-    if not (store / "zarr.json").is_file():
-        convert_npz(path, store, flag, size, md5)
-    group = zarr.open_group(store, mode="r")
-    splits = _read_resident(path, flag, [s for s in SPLITS if resident[s]])
-    stream_bytes = budget.bytes - sum(budget.resident_cost(sizes[s]) for s in SPLITS if resident[s])
-    for split in SPLITS:
-        if not resident[split]:
-            labels = np.asarray(group[f"{split}/labels"][...], dtype=np.int64)
-            splits[split] = Split(images=StoredImages(store / split / "images", stream_bytes), labels=labels)
-    return {s: splits[s] for s in SPLITS}, str(group.attrs["fingerprint"])
+    return resident
+
+
+def streaming_bytes(budget: MemoryBudget, sizes: dict[str, int], resident: dict[str, bool]) -> int:
+    """What the streamed splits' readers may hold at once: the budget less the resident splits."""
+    return budget.bytes - sum(budget.resident_cost(sizes[s]) for s in SPLITS if resident[s])
 
 
 def _read_resident(path: Path, flag: str, splits: list[str] | tuple[str, ...]) -> dict[str, Split]:
