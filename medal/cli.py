@@ -103,6 +103,7 @@ def distill(
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory."),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Write TensorBoard scalars (train/loss, val/auc, val/acc, lr, throughput/img_per_s) into DIR. MEDAL_TENSORBOARD=1 without --log-dir writes them to <runs dir or --out's parent>/tensorboard/<run name>."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Stage 2 (+3): train the student against the cached teacher logits, then evaluate it on test."""
@@ -114,7 +115,8 @@ def distill(
                         cache_key=cache_key, compile=compile, student=student,
                         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
                         milestones=_milestones(milestones), patience=patience, seed=seed, image_size=image_size,
-                        as_rgb=as_rgb, keep=keep, out=out, device=device, cache_dir=cache_dir, force=force)
+                        as_rgb=as_rgb, keep=keep, out=out, device=device, cache_dir=cache_dir, force=force,
+                        log_dir=log_dir)
     run = run_distill(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         _print_metrics(run, as_json, format_table)
