@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import run_cli
+from medal.data import load_dataset
+from medal.errors import MedalError
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = {"train/loss", "val/auc", "val/acc", "lr", "throughput/img_per_s"}
@@ -83,3 +87,20 @@ def test_medal_tensorboard_env_picks_a_default_dir(blood_root, tmp_path, capsys,
                             *STUDENT_ARGS[:3], "1", *STUDENT_ARGS[4:]], capsys, monkeypatch)
     assert code == 0, err
     assert not (runs / "tensorboard" / "ce2").exists(), "off unless asked for"
+
+
+def test_download_bar_leaves_no_frames_in_a_log(tmp_path, capsys, monkeypatch):
+    """torchvision draws its own tqdm bar while it downloads MedMNIST: off a terminal, one line instead."""
+    payload = b"not the official file" * 4096
+
+    class Response(io.BytesIO):
+        def __init__(self, request: urllib.request.Request):
+            super().__init__(payload)
+            self.url, self.length = request.full_url, len(payload)
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, *a, **k: Response(request))
+    with pytest.raises(MedalError, match="could not be downloaded"):  # the MD5 differs
+        load_dataset("bloodmnist", tmp_path)
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.startswith("downloading https://"), err
+    assert not list(tmp_path.iterdir()), "nothing half-written"
