@@ -29,7 +29,7 @@ def medal_to_file(args: list, log: Path) -> str:
     env.pop("MEDAL_TENSORBOARD", None)
     with open(log, "w") as err:
         proc = subprocess.run([sys.executable, "-m", "medal", *map(str, args)], stdout=subprocess.PIPE, stderr=err,
-                              env=env, text=True, timeout=600)
+                              env=env, text=True, timeout=1800)
     text = log.read_text()
     assert proc.returncode == 0, text
     return text
