@@ -21,6 +21,7 @@ from medmnist.info import DEFAULT_ROOT, INFO
 from medal.errors import MedalError
 from medal.io import file_hash
 from medal.log import warn
+from medal.progress import foreign_bar
 
 if TYPE_CHECKING:
     from medal.stream.budget import MemoryBudget
@@ -127,7 +128,8 @@ def download(flag: str, size: int, root: Path) -> None:
     url, md5 = INFO[flag][f"url{suffix}"], INFO[flag][f"MD5{suffix}"]
     root.mkdir(parents=True, exist_ok=True)
     try:
-        download_url(url, str(root), filename=npz_name(flag, size), md5=md5)
+        with foreign_bar(f"downloading {url} into {root}"):
+            download_url(url, str(root), filename=npz_name(flag, size), md5=md5)
     except Exception as exc:  # network errors come in many types; all mean the same to the user
         partial = root / npz_name(flag, size)
         partial.unlink(missing_ok=True)

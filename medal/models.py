@@ -18,6 +18,7 @@ from torch import nn
 
 from medal.errors import MedalError
 from medal.io import file_hash
+from medal.progress import interactive
 
 TEACHERS = {
     "dinov2_vits14": "vit_small_patch14_dinov2",
@@ -56,6 +57,10 @@ def load_teacher(teacher: str, weights: Path | None, image_size: int) -> nn.Modu
         model = timm.create_model(arch, pretrained=False, **kwargs)
         load_weights(model, teacher, Path(weights))
     else:
+        if not interactive():
+            import huggingface_hub.utils
+
+            huggingface_hub.utils.disable_progress_bars()  # a download bar's frames would fill a log file
         if not _reachable("huggingface.co"):
             import huggingface_hub.constants
 

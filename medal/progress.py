@@ -8,6 +8,8 @@ terminal, a bar here writes nothing while it runs and one plain summary line whe
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import time
 from typing import Iterable, Iterator, TypeVar
@@ -71,3 +73,15 @@ def progress(iterable: Iterable[T] | None = None, *, desc: str, unit: str, total
         return tqdm(iterable, desc=desc, unit=unit, total=total, initial=initial, disable=disable,
                     dynamic_ncols=True, **tqdm_kwargs)
     return PlainProgress(iterable, total, desc, unit, initial, line=line and not disable)
+
+
+@contextlib.contextmanager
+def foreign_bar(desc: str) -> Iterator[None]:
+    """Around one library call that draws its own tqdm bar (torchvision's download): the bar on a
+    terminal; otherwise one plain line, and the bar's frames go nowhere instead of into the log."""
+    if interactive():
+        yield
+        return
+    log(f"{desc} ...")
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield

@@ -42,6 +42,7 @@ from medal.plots import plot_history
 from medal.progress import progress
 from medal.stream.budget import memory_budget
 from medal.stream.source import image_source
+from medal.tensorboard import open_scalars
 
 
 KEEP = ("best", "last")
@@ -76,6 +77,7 @@ class DistillConfig:
     cache_dir: Path | None = None
     force: bool = False
     max_memory: str | None = None  # memory for image data ("8G"); splits beyond it stream (medal.stream)
+    log_dir: Path | None = None  # TensorBoard scalars (see medal/tensorboard.py)
 
     def run_name(self, dataset: str, teacher: str | None) -> str:
         if self.alpha == 1:
@@ -227,6 +229,8 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, caches:
 
     history: list[dict] = []
     best_auc, since_best = -1.0, 0
+    out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / cfg.run_name(data.flag, cfg.teacher)
+    scalars = open_scalars(cfg.log_dir, out) if world.main else None
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -239,12 +243,15 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, caches:
             loss_sum += step(idx, images)
         schedule.step()
         train_loss = float(world.all_sum(loss_sum)) / (len(batches) * world.size)
+        train_s = time.perf_counter() - start
         stop = False
         if world.main:
             val = evaluate_scores(data.splits["val"].labels, predict(student, val_images, prep, data.task, device), data.task)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
                    "val_auc": val["auc"], "val_acc": val["acc"], "seconds": round(time.perf_counter() - start, 3)}
             history.append(row)
+            if scalars:
+                scalars.epoch(row, images_per_s=sum(map(len, batches)) * world.size / train_s)
             write_csv(run / "history.csv", history)
             if val["auc"] > best_auc:
                 best_auc, since_best = val["auc"], 0
@@ -259,6 +266,8 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, caches:
                 log(f"early stop: val AUC has not improved for {cfg.patience} epochs")
         if world.broadcast(stop):
             break
+    if scalars:
+        scalars.close()
     if world.main:
         plot_history(history, run / "history.png")
     return history

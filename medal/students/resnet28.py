@@ -37,7 +37,8 @@ def _cfg(**kwargs) -> dict:
             "first_conv": "conv1", "classifier": "fc", **kwargs}
 
 
-default_cfgs = generate_default_cfgs({"resnet18_28.medmnist": _cfg(), "resnet50_28.medmnist": _cfg()})
+default_cfgs = generate_default_cfgs({"resnet18_28.medmnist": _cfg(), "resnet50_28.medmnist": _cfg(),
+                                     "resnet10n_28.medmnist": _cfg()})
 
 
 def _create(variant: str, block: type[nn.Module], layers: list[int], pretrained: bool, **kwargs) -> ResNet28:
@@ -54,3 +55,13 @@ def resnet18_28(pretrained: bool = False, **kwargs) -> ResNet28:
 def resnet50_28(pretrained: bool = False, **kwargs) -> ResNet28:
     """ResNet-50 (28): Bottleneck stages [3, 4, 6, 3]; 23,516,744 parameters at 3 channels and 8 classes."""
     return _create("resnet50_28", Bottleneck, [3, 4, 6, 3], pretrained, **kwargs)
+
+
+@register_model
+def resnet10n_28(pretrained: bool = False, **kwargs) -> ResNet28:
+    """ResNet-10 (28), narrow: one BasicBlock a stage, stages 32-64-128-256 after timm's 64-channel stem.
+
+    Not a MedMNIST model: medal's demo student, small enough to train on a 2-core CPU in seconds
+    an epoch at 28 px while keeping the (28) models' full-resolution first stage.
+    """
+    return _create("resnet10n_28", BasicBlock, [1, 1, 1, 1], pretrained, channels=(32, 64, 128, 256), **kwargs)
