@@ -68,6 +68,7 @@ class DistillConfig:
     device: str = "auto"
     cache_dir: Path | None = None
     force: bool = False
+    log_dir: Path | None = None
 
     def run_name(self, dataset: str, teacher: str | None) -> str:
         if self.alpha == 1:
