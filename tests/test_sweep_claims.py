@@ -81,11 +81,18 @@ def test_live_claim_is_waited_for(tmp_path, capsys, monkeypatch):
     runs.mkdir()
     claim, out = runs / f".{NAME.format(0)}.claim", runs / NAME.format(0)
     write_claim(claim, "elsewhere", "elsewhere/boot", 4242, age=0)
-    seen_training = []
+    seen_training, waits = [], []
+    wait = sweep.Grid.wait
 
-    def heartbeat(seconds: float = 3.0) -> None:  # the other host, alive for 3 s, then gone
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+    def counted_wait(grid: sweep.Grid) -> None:
+        waits.append(1)
+        wait(grid)
+
+    monkeypatch.setattr(sweep.Grid, "wait", counted_wait)
+
+    def heartbeat() -> None:  # the other host, alive until the sweep has waited for it three times, then gone
+        deadline = time.monotonic() + 600
+        while len(waits) < 3 and time.monotonic() < deadline:
             os.utime(claim)
             seen_training.append(out.exists() or out.with_name(f".{out.name}.partial").exists())
             time.sleep(0.2)
@@ -93,7 +100,7 @@ def test_live_claim_is_waited_for(tmp_path, capsys, monkeypatch):
     beating = threading.Thread(target=heartbeat)
     beating.start()
     code, _, err = run_cli(["sweep", *CE_ARGS, "--seeds", "0", "--root", root, "--runs-dir", runs,
-                            "--claim-timeout", "1.5"], capsys, monkeypatch)
+                            "--claim-timeout", "3"], capsys, monkeypatch)
     beating.join()
     assert code == 0, err
     assert not any(seen_training), "nothing trained the point while its claim had a heartbeat"
