@@ -242,6 +242,8 @@ def sweep(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run directories go, one per point."),
     jobs: int = typer.Option(1, "--jobs", help="Points trained at once, each in its own process (for one GPU with spare memory)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="Run points in parallel, one process per GPU: 0,1,2,3 or 'all' (visible GPUs)."),
+    claim_timeout: float = typer.Option(600.0, "--claim-timeout", help="Seconds without a heartbeat after which a claim from another host is taken over (one from this host: as soon as its process is gone). Same value in every process of a grid."),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="TensorBoard logs, one folder per point: DIR/<run name>."),
     size: Optional[int] = typer.Option(None, "--size", help="Which MedMNIST file (28, 64, 128, 224); default: the cache's, else 28."),
     root: Optional[Path] = typer.Option(None, "--root", help="MedMNIST directory (default: where the cached data came from)."),
     data_dir: Optional[Path] = DataDirOpt,
@@ -250,13 +252,16 @@ def sweep(
     max_memory: Optional[str] = MaxMemoryOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Distil at every (t, alpha, seed) of a grid against one cache; finished points are skipped."""
+    """Distil at every (t, alpha, seed) of a grid against one cache; finished points are skipped.
+
+    Start the same command several times (GPUs, machines sharing --runs-dir) to share the grid."""
     from medal.pipeline.distill import DistillConfig
     from medal.pipeline.evaluate import format_table
     from medal.pipeline.sweep import SweepConfig, parse_values, run_sweep
 
     grid = SweepConfig(ts=parse_values(t, "--t"), alphas=parse_values(alpha, "--alpha"),
                        seeds=parse_values(seeds, "--seeds", integer=True), jobs=jobs, gpus=_gpus(gpus),
+                       claim_timeout=claim_timeout, log_dir=log_dir,
                        base=DistillConfig(dataset=dataset, root=root, data_dir=data_dir, size=size, teacher=teacher, student=student,
                                           epochs=epochs,
                                           teachers=tuple(n.strip() for n in (teachers or "").split(",") if n.strip()),

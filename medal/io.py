@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,9 +24,10 @@ def file_hash(path: Path, algorithm: str) -> str:
 
 
 def atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp) and rename tmp to path once it returned."""
+    """Call write(tmp) and rename tmp to path once it returned. The temporary name is unique even among
+    processes on several machines writing the same file (a shared sweep's sweep.json)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
         tmp.replace(path)

@@ -2,20 +2,28 @@
 
 Every point is an ordinary run directory named by `DistillConfig.run_name` under --runs-dir,
 so a sweep can be stopped and started again: finished points (metrics.json present) are
-skipped, interrupted ones (a hidden `.NAME.partial` folder) are started afresh by
-`run_distill`. With --jobs N, N points train at once as separate `python -m medal distill`
-processes: a ResNet50 on 28 px MedMNIST uses a small part of one large GPU.
+skipped, and an interrupted one is left to `run_distill`, never forced. With --jobs N, N points
+train at once as separate `python -m medal distill` processes: a ResNet50 on 28 px MedMNIST
+uses a small part of one large GPU.
+
+Any number of sweep processes, on one machine or on several sharing the runs dir, can work on
+the same grid: each claims a point before it trains it (`medal.pipeline.claims`), moves on past
+points claimed by others, waits for them at the end, and takes over claims whose process died.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 from tqdm.auto import tqdm
 
@@ -23,9 +31,13 @@ from medal.errors import MedalError
 from medal.io import read_json, write_json
 from medal.kd_loss import check_hyperparameters
 from medal.log import log
+from medal.pipeline.claims import Claim, acquire, read_holder
 from medal.pipeline.distill import DistillConfig, prepare, run_distill
+from medal.progress import PlainProgress, interactive, progress
 
-POLL_S = 0.5
+POLL_S = 0.5  # how often running children are looked at
+WAIT_S = 1.0  # how often the grid is looked at for points finished or released by other processes
+CLAIM_TIMEOUT_S = 600.0
 
 
 def parse_values(text: str, option: str, integer: bool = False) -> list[float]:
@@ -73,6 +85,8 @@ class SweepConfig:
     base: DistillConfig  # dataset, student, recipe, paths; its t, alpha and seed are replaced per point
     jobs: int = 1
     gpus: tuple[str, ...] = ()  # one process per listed GPU (CUDA_VISIBLE_DEVICES), instead of --jobs
+    claim_timeout: float = CLAIM_TIMEOUT_S  # another host's claim without a heartbeat this long is taken over
+    log_dir: Path | None = None  # TensorBoard logs, LOG_DIR/<run name> per point
 
 
 @dataclass
@@ -84,11 +98,21 @@ class Point:
     def done(self) -> bool:
         return (self.out / "metrics.json").is_file()
 
+    @property
+    def claim(self) -> Path:
+        return self.out.with_name(f".{self.out.name}.claim")
+
+    @property
+    def log(self) -> Path:
+        return self.out.with_name(f".{self.out.name}.log")
+
 
 def plan(sweep: SweepConfig) -> list[Point]:
     """Validate the whole grid and resolve the teacher cache(s) once; writes nothing."""
     if sweep.jobs < 1:
         raise MedalError(f"--jobs must be >= 1, got {sweep.jobs}.")
+    if not sweep.claim_timeout > 0:
+        raise MedalError(f"--claim-timeout must be > 0 seconds, got {sweep.claim_timeout:g}.")
     for t in sweep.ts:
         for alpha in sweep.alphas:
             check_hyperparameters(t, alpha)
@@ -102,36 +126,128 @@ def plan(sweep: SweepConfig) -> list[Point]:
             for seed in sweep.seeds:
                 cfg = replace(base, t=t, alpha=alpha, seed=seed)
                 out = Path(base.runs_dir) / cfg.run_name(data.flag, base.teacher if alpha < 1 else None)
-                points.setdefault(out, Point(replace(cfg, out=out, force=True), out))  # alpha=1 ignores t
+                log_dir = Path(sweep.log_dir) / out.name if sweep.log_dir else None
+                # never force: an interrupted point is left to `distill` to resume
+                points.setdefault(out, Point(replace(cfg, out=out, log_dir=log_dir), out))  # alpha=1 ignores t
     return list(points.values())
 
 
 def run_sweep(sweep: SweepConfig) -> list[tuple[Path, dict]]:
-    """Run every unfinished point; returns (run dir, metrics) for the whole grid and writes sweep.json."""
+    """Train the points no other process holds until the whole grid is finished, by this process or others;
+    returns (run dir, metrics) for the whole grid and writes sweep.json."""
     points = plan(sweep)
-    todo = [p for p in points if not p.done]
-    if len(todo) < len(points):
-        log(f"sweep: {len(points) - len(todo)} of {len(points)} runs already finished, skipped")
-    bar = tqdm(total=len(points), initial=len(points) - len(todo), desc="sweep", unit="run", dynamic_ncols=True)
+    finished = sum(p.done for p in points)
+    if finished:
+        log(f"sweep: {finished} of {len(points)} runs already finished, skipped")
+    Path(sweep.base.runs_dir).mkdir(parents=True, exist_ok=True)  # where the claims go
+    bar = progress(total=len(points), initial=finished, desc="sweep", unit="run")
     try:
-        if sweep.gpus:
-            run_parallel(todo, len(sweep.gpus), bar, sweep.gpus)
-        elif sweep.jobs == 1:
-            for point in todo:
-                bar.set_postfix_str(point.out.name)
-                run_distill(point.cfg)
-                bar.update(1)
-        else:
-            run_parallel(todo, sweep.jobs, bar)
+        with sigterm_as_interrupt():
+            if sweep.gpus:
+                run_parallel(points, len(sweep.gpus), bar, sweep.gpus, sweep.claim_timeout)
+            elif sweep.jobs == 1:
+                run_serial(points, bar, sweep.claim_timeout)
+            else:
+                run_parallel(points, sweep.jobs, bar, claim_timeout=sweep.claim_timeout)
     finally:
         bar.close()
     results = [(p.out, read_json(p.out / "metrics.json")) for p in points]
     runs_dir = Path(sweep.base.runs_dir)
-    write_json(runs_dir / "sweep.json", {
+    write_json(runs_dir / "sweep.json", {  # every process of the grid writes the same file
         "grid": {"t": sweep.ts, "alpha": sweep.alphas, "seed": sweep.seeds},
         "runs": [{"run": str(run), "test": m["test"], "val": m["val"]} for run, m in results],
     })
     return results
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """`kill PID` and Slurm's preemption stop a sweep as Ctrl-C does: children stopped, claims released."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Grid:
+    """The sweep's points as this process sees them: finished (here or elsewhere), claimable, claimed elsewhere."""
+
+    def __init__(self, points: list[Point], bar: tqdm | PlainProgress, claim_timeout: float):
+        self.points, self.bar, self.timeout = points, bar, claim_timeout
+        self.finished = {p.out for p in points if p.done}
+        self.elsewhere: set[Path] = set()  # points already logged as claimed by another process
+        self.waiting: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return len(self.finished) == len(self.points)
+
+    def update(self) -> None:
+        """Count the points finished since the last look, by this process or another."""
+        for point in self.points:
+            if point.out not in self.finished and point.done:
+                self.finished.add(point.out)
+                self.bar.update(1)
+                if not interactive():
+                    log(f"sweep: {point.out.name} finished ({len(self.finished)} of {len(self.points)})")
+
+    def claim_next(self, here: set[Path]) -> tuple[Point, Claim] | None:
+        """The first unfinished point in grid order that no process holds, claimed for this one."""
+        for point in self.points:
+            if point.out in self.finished or point.out in here or point.done:
+                continue
+            claim = acquire(point.claim, self.timeout)
+            if claim is None:
+                if point.out not in self.elsewhere:
+                    self.elsewhere.add(point.out)
+                    log(f"sweep: {point.out.name} is claimed by {read_holder(point.claim) or 'another process'}, "
+                        f"moving on")
+                continue
+            if point.done:  # its last holder finished it between our look and our claim
+                claim.release()
+                continue
+            if claim.took_over:
+                log(f"sweep: took over {point.out.name} from {claim.took_over}")
+            return point, claim
+        return None
+
+    def wait(self) -> None:
+        """Nothing left to claim: say (once per change) which points other processes hold."""
+        pending = tuple(p.out.name for p in self.points if p.out not in self.finished)
+        if pending != self.waiting:
+            self.waiting = pending
+            shown = ", ".join(pending[:3]) + (f" and {len(pending) - 3} more" if len(pending) > 3 else "")
+            log(f"sweep: waiting for {len(pending)} point(s) claimed by other processes ({shown}); "
+                f"a claim whose heartbeat stops for {self.timeout:g}s is taken over")
+
+
+def run_serial(points: list[Point], bar: tqdm | PlainProgress, claim_timeout: float = CLAIM_TIMEOUT_S) -> None:
+    """Train claimable points one after another in this process, until every point is finished."""
+    grid = Grid(points, bar, claim_timeout)
+    while True:
+        grid.update()
+        if grid.complete:
+            return
+        got = grid.claim_next(set())
+        if got is None:
+            grid.wait()
+            time.sleep(WAIT_S)
+            continue
+        point, claim = got
+        try:
+            log(f"sweep: training {point.out.name}")
+            bar.set_postfix_str(point.out.name)
+            run_distill(point.cfg)
+        finally:  # on failure too: another process may try the point again
+            claim.release()
 
 
 def distill_command(cfg: DistillConfig) -> list[str]:
@@ -141,52 +257,77 @@ def distill_command(cfg: DistillConfig) -> list[str]:
             "--batch-size", str(cfg.batch_size), "--lr", repr(cfg.lr), "--milestones", ",".join(map(str, cfg.milestones)),
             "--patience", str(cfg.patience), "--image-size", str(cfg.image_size), "--device", cfg.device,
             "--keep", cfg.keep, "--as-rgb" if cfg.as_rgb else "--no-as-rgb",
-            "--out", str(cfg.out), "--force"]
+            "--out", str(cfg.out)]  # never --force: an interrupted point resumes
     teachers = ",".join(cfg.teachers) or None
     for flag, value in (("--root", cfg.root), ("--data-dir", cfg.data_dir), ("--size", cfg.size),
                         ("--cache-dir", cfg.cache_dir), ("--max-memory", cfg.max_memory),
-                        ("--cache-key", cfg.cache_key),
+                        ("--cache-key", cfg.cache_key), ("--log-dir", cfg.log_dir),
                         ("--teachers", teachers), ("--teacher", None if teachers else cfg.teacher)):
         if value is not None:
             args += [flag, str(value)]
     return args + [flag for flag, on in (("--pretrained", cfg.pretrained), ("--compile", cfg.compile)) if on]
 
 
-def run_parallel(todo: list[Point], jobs: int, bar: tqdm, gpus: tuple[str, ...] = ()) -> None:
-    """Keep `jobs` child processes busy (each on its own GPU when `gpus` are given);
-    after a failure start no more and name its log."""
-    queue, failed = list(todo), []
-    running: dict[Path, subprocess.Popen] = {}
-    slot_of: dict[Path, int] = {}
+@dataclass
+class Child:
+    point: Point
+    claim: Claim
+    proc: subprocess.Popen
+    slot: int
+
+
+def run_parallel(points: list[Point], jobs: int, bar: tqdm | PlainProgress, gpus: tuple[str, ...] = (),
+                 claim_timeout: float = CLAIM_TIMEOUT_S) -> None:
+    """Keep `jobs` child processes busy (each on its own GPU when `gpus` are given) until every point is
+    finished; this process holds each child's claim. After a failure start no more and name its log."""
+    grid = Grid(points, bar, claim_timeout)
+    running: dict[Path, Child] = {}
+    failed: list[str] = []
+    look_at = 0.0  # when to look at the grid again: at once after a child ended, else every WAIT_S
     try:
-        while queue or running:
-            while queue and len(running) < jobs and not failed:
-                point = queue.pop(0)
-                logfile = point.out.with_name(f".{point.out.name}.log")
-                logfile.parent.mkdir(parents=True, exist_ok=True)
-                slot = min(set(range(jobs)) - set(slot_of.values()))
-                env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[slot]} if gpus else None
-                cfg = replace(point.cfg, device="cuda") if gpus else point.cfg
-                with open(logfile, "w") as f:
-                    running[point.out] = subprocess.Popen(distill_command(cfg), stdout=f, stderr=subprocess.STDOUT,
-                                                          env=env)
-                slot_of[point.out] = slot
-            if failed and not running:
-                break
-            time.sleep(POLL_S)
-            for out, proc in list(running.items()):
-                if proc.poll() is None:
+        while True:
+            if time.monotonic() >= look_at:
+                grid.update()
+                while len(running) < jobs and not failed and (got := grid.claim_next(set(running))):
+                    slot = min(set(range(jobs)) - {c.slot for c in running.values()})
+                    running[got[0].out] = start_child(*got, slot, gpus)
+                look_at = time.monotonic() + WAIT_S
+            if not running:
+                if failed or grid.complete:
+                    break
+                grid.wait()
+            time.sleep(POLL_S if running else WAIT_S)
+            for out, child in list(running.items()):
+                if child.claim.lost:  # another process trains it now
+                    child.proc.terminate()
+                    child.proc.wait()
+                elif child.proc.poll() is None:
                     continue
-                del running[out], slot_of[out]
-                logfile = out.with_name(f".{out.name}.log")
-                if proc.returncode == 0:
-                    logfile.unlink(missing_ok=True)
-                    bar.update(1)
+                del running[out]
+                child.claim.release()
+                look_at = 0.0
+                if child.claim.lost:
+                    log(f"sweep: stopped training {out.name}: another process took it over")
+                elif child.proc.returncode == 0:
+                    child.point.log.unlink(missing_ok=True)
                 else:
-                    failed.append(f"{out.name} (exit {proc.returncode}, log {logfile})")
+                    failed.append(f"{out.name} (exit {child.proc.returncode}, log {child.point.log})")
     finally:
-        for proc in running.values():
-            proc.terminate()
-            proc.wait()
+        for child in running.values():  # Ctrl-C, SIGTERM: stop the children before their claims go
+            child.proc.terminate()
+            child.proc.wait()
+            child.claim.release()
     if failed:
         raise MedalError(f"{len(failed)} sweep run(s) failed, the finished ones are kept: {'; '.join(failed)}.")
+
+
+def start_child(point: Point, claim: Claim, slot: int, gpus: tuple[str, ...]) -> Child:
+    """Start `python -m medal distill` for a claimed point, its output in `.NAME.log`."""
+    point.log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[slot]} if gpus else None
+    cfg = replace(point.cfg, device="cuda") if gpus else point.cfg
+    log(f"sweep: training {point.out.name}" + (f" on GPU {gpus[slot]}" if gpus else "") + f" (log {point.log})")
+    with open(point.log, "w") as f:
+        proc = subprocess.Popen(distill_command(cfg), stdout=f, stderr=subprocess.STDOUT, env=env)
+    claim.add_pid(proc.pid)
+    return Child(point, claim, proc, slot)
