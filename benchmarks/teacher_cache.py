@@ -37,7 +37,7 @@ from medal.data import SPLITS, MedMNISTData, load_dataset
 from medal.device import autocast
 from medal.distributed import World
 from medal.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, to_device
-from medal.models import load_teacher, save_random_teacher
+from medal.models import feature_dim, load_teacher, save_random_teacher
 from medal.pipeline.cache_teacher import CacheConfig, run_cache_teacher, teacher_features
 from medal.pipeline.distill import teacher_logits
 from medal.pipeline.linear_head import HeadRecipe
@@ -78,10 +78,13 @@ def teacher_pass(cfg: CacheConfig, data: MedMNISTData, device: torch.device) -> 
     flops_per_image = count_flops(forward) // len(batch)
     forward()  # warm-up: kernels chosen, workspaces allocated
     with CacheWriter(Path(cfg.cache_dir), "benchmark") as writer:
+        for split in SPLITS:
+            writer.create(f"{split}/features", (len(data.splits[split].images), feature_dim(teacher)), "float16",
+                          chunk_rows=cfg.chunk_rows)
         sync(device)
         start = time.perf_counter()
         for split in SPLITS:
-            teacher_features(teacher, data, split, cfg, device, writer, World())
+            teacher_features(teacher, data, split, cfg, device, writer, World(), done=set())
         writer.sync()
         sync(device)
         seconds = time.perf_counter() - start

@@ -208,6 +208,23 @@ def cache_info(key: str = typer.Argument(..., help="A cache key (or unique prefi
     print(json.dumps({"key": cache.key, "path": str(cache.path), **cache.attrs}, indent=2))
 
 
+@cache_app.command("verify")
+def cache_verify(key: Optional[str] = typer.Argument(None, help="A cache key or unique prefix; default: every cache."),
+                 cache_dir: Optional[Path] = CacheDirOpt, as_json: bool = JsonOpt) -> None:
+    """Read every chunk of one or all caches and check its crc32c; exit 1 if any is damaged."""
+    from medal.cache.store import cache_dir as resolve
+    from medal.cache.verify import damage_summary, format_checks, verify_caches
+
+    checks = verify_caches(resolve(cache_dir), key)
+    if as_json:
+        print(json.dumps([c.as_json() for c in checks], indent=2))
+    else:
+        print(format_checks(checks) if checks else f"no teacher caches in {resolve(cache_dir)}")
+    problem = damage_summary(checks)
+    if problem:
+        raise MedalError(problem)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", help="Where the demo writes its cache and run."),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from medmnist.info import DEFAULT_ROOT, INFO
 
+from medal.data_checks import check_images, check_labels, check_same_image_size
 from medal.errors import MedalError
 from medal.io import file_hash
 from medal.log import warn
@@ -165,9 +166,10 @@ def load_dataset(flag: str, root: Path | None = None, size: int = 28, allow_down
     else:
         try:
             with np.load(path) as npz:
-                splits = {s: _split(npz, s, flag) for s in SPLITS}
+                splits = {s: _split(npz, s, flag, path) for s in SPLITS}
         except (OSError, ValueError, KeyError) as exc:
             raise MedalError(f"{path} is not a MedMNIST .npz file ({exc}).") from None
+    check_same_image_size(path, {s: splits[s].images for s in SPLITS})
     if not official and root.resolve() != BUNDLED_ROOT.resolve():
         counts = ", ".join(f"{s} {len(splits[s].labels)}" for s in SPLITS)
         warn(f"{path} is not the official {flag} file (MD5 {md5} differs); using it as is ({counts}).")
@@ -175,17 +177,13 @@ def load_dataset(flag: str, root: Path | None = None, size: int = 28, allow_down
                         known_fingerprint=known)
 
 
-def _split(npz: np.lib.npyio.NpzFile, split: str, flag: str) -> Split:
+def _split(npz: np.lib.npyio.NpzFile, split: str, flag: str, path: Path) -> Split:
+    """One split, checked against the task before anything uses it (see medal.data_checks)."""
     images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-    if images.dtype != np.uint8:
-        raise ValueError(f"{split}_images are {images.dtype}, not uint8")
-    if images.ndim == 3:  # grayscale files store (N, H, W)
-        images = images[..., None]
     if labels.ndim == 1:  # some re-saved files drop the label axis
         labels = labels[:, None]
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} {split} images but {len(labels)} labels")
-    width = len(INFO[flag]["label"]) if INFO[flag]["task"] == MULTI_LABEL else 1
-    if labels.shape[1] != width:
-        raise ValueError(f"{split}_labels have {labels.shape[1]} columns, expected {width}")
+    check_images(path, split, images, labels)
+    check_labels(path, flag, split, labels)
+    if images.ndim == 3:  # grayscale files store (N, H, W)
+        images = images[..., None]
     return Split(images=np.ascontiguousarray(images), labels=labels.astype(np.int64))

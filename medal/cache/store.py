@@ -9,9 +9,15 @@ Layout of `<cache dir>/<key>.zarr`:
     {split}/labels      (N, L) int64     the labels they were computed against
     head/weight, head/bias               the trained linear head
 
-Arrays are chunked along the sample axis and Blosc/zstd-compressed. A cache is written under
-a hidden temporary name and renamed into place only when complete, so a reader never sees
-half of one.
+Arrays are chunked along the sample axis, Blosc/zstd-compressed, and every chunk carries a
+crc32c checksum (Zarr v3's `crc32c` codec, after Blosc), so a damaged chunk is caught when it
+is read instead of decompressing into garbage or a Blosc error. Every chunk is stored, even an
+all-zero one, so a missing chunk file is damage too.
+
+A cache is built in `.<key>.zarr.partial` and renamed into place only when complete, so a
+reader never sees half of one. The partial folder survives an interruption (Ctrl-C, SIGTERM,
+kill -9) with every feature chunk that was written whole; the same command then resumes from
+them (see `CacheWriter`). `.<key>.zarr.lock` beside it keeps two builders apart.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shlex
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,14 +33,20 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
+from medal.cache.lock import CacheLock
+from medal.data import SPLITS
 from medal.distributed import World
 from medal.errors import MedalError
+from medal.log import log
 
-FORMAT = 1  # bump when the layout changes; older caches are then refused with a rebuild hint
+FORMAT = 2  # bump when the layout changes; older caches are then refused with a rebuild hint (2: crc32c)
 CHUNK_ROWS = 4096
-COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+# Applied in this order on write, in reverse on read: the checksum is checked before Blosc sees the bytes.
+COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), Crc32cCodec())
+ARRAY_CONFIG = {"write_empty_chunks": True}  # store every chunk: a missing chunk file is then damage
+ARRAYS = tuple(f"{s}/{a}" for s in SPLITS for a in ("features", "logits", "labels")) + ("head/weight", "head/bias")
 
 
 def cache_dir(path: Path | str | None = None) -> Path:
@@ -45,6 +58,81 @@ def cache_dir(path: Path | str | None = None) -> Path:
 def cache_key(dataset: str, size: int, teacher: str, image_size: int, weights_id: str) -> str:
     short = weights_id[:12] if len(weights_id) == 64 else hashlib.sha256(weights_id.encode()).hexdigest()[:12]
     return f"{dataset}_{size}_{teacher}_{image_size}_{short}"
+
+
+def rebuild_command(attrs: dict, root: Path) -> str:
+    """The `medal cache-teacher ... --force` command that recomputes a cache, from what it recorded."""
+    if "dataset" not in attrs or "teacher" not in attrs:
+        return "medal cache-teacher --dataset DATASET --teacher TEACHER --force"
+    args = ["medal", "cache-teacher", "--dataset", attrs["dataset"], "--size", attrs.get("size", 28),
+            "--teacher", attrs["teacher"], "--image-size", attrs["image_size"]]
+    if "data_root" in attrs:
+        args += ["--root", attrs["data_root"]]
+    if attrs.get("weights", "timm hub") != "timm hub":
+        args += ["--weights", attrs["weights"]]
+    for flag, value in (("--head-epochs", attrs.get("head", {}).get("epochs")), ("--chunk-rows", attrs.get("chunk_rows")),
+                        ("--batch-size", attrs.get("batch_size"))):
+        if value is not None:
+            args += [flag, value]
+    args += ["--cache-dir", Path(root).resolve(), "--force"]
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def _create_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype, chunk_rows: int) -> zarr.Array:
+    chunks = (min(chunk_rows, max(shape[0], 1)),) + tuple(shape[1:])
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=COMPRESSORS,
+                              config=ARRAY_CONFIG, overwrite=True)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "checksum" in text.lower():
+        return "crc32c checksum mismatch"
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+
+
+def chunk_problem(array: zarr.Array, index: int) -> str | None:
+    """Why row chunk `index` of an array cannot be read back, or None when it reads and its checksum holds."""
+    key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
+    if not (Path(array.store.root) / array.path / key).is_file():
+        return "chunk file missing"
+    rows = array.chunks[0]
+    try:
+        array[index * rows : (index + 1) * rows]
+    except MemoryError:
+        raise
+    except Exception as exc:  # a damaged chunk fails in the checksum, Blosc or numpy: all mean the same here
+        return _reason(exc)
+    return None
+
+
+def chunk_problems(group: Path, name: str):
+    """(row chunk index, what is wrong) for every unreadable chunk of one array; index None: the whole array."""
+    try:
+        array = zarr.open_array(Path(group) / name, mode="r")
+    except Exception as exc:
+        yield None, _reason(exc)
+        return
+    for index in range(array.cdata_shape[0]):
+        problem = chunk_problem(array, index)
+        if problem:
+            yield index, problem
+
+
+def read_array(group: Path, name: str, label: str, rebuild: str) -> np.ndarray:
+    """A whole array, or one MedalError naming the array, its first damaged chunk and the rebuild command."""
+    try:
+        array = zarr.open_array(Path(group) / name, mode="r")
+        data = array[...]
+        if array.nchunks_initialized == array.nchunks:
+            return data
+    except MemoryError:
+        raise
+    except Exception:
+        pass
+    index, problem = next(chunk_problems(group, name), (None, "unreadable"))
+    where = problem if index is None else f"chunk {index}: {problem}"
+    raise MedalError(f"{label}: array {name} is damaged ({where}); rebuild it with `{rebuild}`.")
 
 
 @dataclass
@@ -65,7 +153,8 @@ class TeacherCache:
         return zarr.open_group(self.path, mode="r")
 
     def array(self, name: str) -> np.ndarray:
-        return self._group()[name][...]
+        """Every reader goes through here: a damaged chunk ends in one line with the rebuild command."""
+        return read_array(self.path, name, f"teacher cache {self.key}", rebuild_command(self.attrs, self.path.parent))
 
     def logits(self, split: str) -> np.ndarray:
         return self.array(f"{split}/logits")
@@ -84,7 +173,8 @@ def open_cache(path: Path) -> TeacherCache:
     except Exception:
         raise MedalError(f"{path} is not a medal teacher cache.") from None
     if attrs.get("medal_cache_format") != FORMAT:
-        raise MedalError(f"{path} was written by another medal cache format; rebuild it with `medal cache-teacher --force`.")
+        raise MedalError(f"{path} was written by another medal cache format; rebuild it with "
+                         f"`{rebuild_command(attrs, path.parent)}`.")
     return TeacherCache(path)
 
 
@@ -111,38 +201,96 @@ def find_cache(root: Path, key: str) -> TeacherCache:
 
 
 class CacheWriter:
-    """Writes one cache under a temporary name; `commit()` renames it into place.
+    """Builds one cache in `.KEY.zarr.partial`; `commit()` renames it into place.
 
-    Used as a context manager: leaving the block without commit (an error, Ctrl-C) deletes the
-    temporary folder, so nothing half-written survives. Blocks are written by a background
-    thread, overlapping Zarr compression with the teacher's compute. Under torchrun every rank
-    opens the same temporary group (rank 0 creates it) and writes whole chunks of its own.
+    Resumable: the partial folder records, in its attrs, the inputs its features depend on
+    (`identity`). A later run with the same identity keeps every feature chunk that reads back
+    whole (checksum included) and computes only the others; other inputs, or --force, start
+    over. Leaving the block without commit keeps the partial folder, so an exception, Ctrl-C,
+    SIGTERM or kill -9 loses only the chunks in flight; it is removed only when the disk is full
+    or no feature chunk was finished.
+
+    Blocks are written by a background thread, overlapping Zarr compression with the teacher's
+    compute. Under torchrun rank 0 takes the lock, opens or creates the partial folder and finds
+    the finished chunks; every rank then gets the same list and writes whole chunks of its own.
     """
 
-    def __init__(self, root: Path, key: str, world: World = World()):
-        self.root, self.world = Path(root), world
+    def __init__(self, root: Path, key: str, world: World = World(), identity: dict | None = None,
+                 rebuild: str = "medal cache-teacher --force", force: bool = False):
+        self.root, self.key, self.world = Path(root), key, world
         self.final = self.root / f"{key}.zarr"
-        self.tmp = self.root / f".{key}.zarr.partial-{world.broadcast(os.getpid())}"
+        self.tmp = self.root / f".{key}.zarr.partial"
+        self.identity, self.rebuild, self.force = identity or {}, rebuild, force
+        self.resumed = False
+        self._lock = CacheLock(self.root / f".{key}.zarr.lock", key)
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._pending: list[Future] = []
 
     def __enter__(self) -> "CacheWriter":
+        problem = None
         if self.world.main:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(f".{self.final.stem}.zarr.partial-*"):  # left by an interrupted run
-                shutil.rmtree(stale, ignore_errors=True)
-            self.group = zarr.open_group(self.tmp, mode="w", zarr_format=3)
-        self.world.barrier()
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._lock.acquire()
+                self.resumed = self._open_partial()
+            except MedalError as exc:
+                self._lock.release()
+                problem = str(exc)
+        problem, self.resumed = self.world.broadcast((problem, self.resumed))
+        if problem:
+            raise MedalError(problem)
         if not self.world.main:
             self.group = zarr.open_group(self.tmp, mode="r+")
         return self
 
-    def create(self, name: str, shape: tuple[int, ...], dtype: str, chunk_rows: int = CHUNK_ROWS) -> None:
-        """Rank 0 creates the array; every rank may write to it after the barrier."""
+    def _open_partial(self) -> bool:
+        """Rank 0: reopen the partial folder when it was started with the same inputs (True), else start afresh."""
+        for stale in self.root.glob(f".{self.final.stem}.zarr.partial-*"):  # per-process partials of older medal versions
+            shutil.rmtree(stale, ignore_errors=True)
+        if self.tmp.exists():
+            why = self._why_not_resume()
+            if why is None:
+                for cut_off in self.tmp.rglob("*.partial"):  # Zarr's temporary file of a chunk write killed midway
+                    cut_off.unlink()
+                self.group = zarr.open_group(self.tmp, mode="r+")
+                return True
+            log(f"starting cache {self.key} over: {why}")
+            shutil.rmtree(self.tmp)
+        self.group = zarr.open_group(self.tmp, mode="w", zarr_format=3)
+        self.group.attrs["resume"] = self.identity
+        return False
+
+    def _why_not_resume(self) -> str | None:
+        if self.force:
+            return "--force"
+        try:
+            recorded = dict(zarr.open_group(self.tmp, mode="r").attrs).get("resume") or {}
+        except Exception:
+            return "its partial folder is unreadable"
+        changed = sorted(k for k in {*recorded, *self.identity} if recorded.get(k) != self.identity.get(k))
+        return f"the interrupted run had another {', '.join(changed)}" if changed else None
+
+    def create(self, name: str, shape: tuple[int, ...], dtype: str, chunk_rows: int = CHUNK_ROWS) -> set[int]:
+        """Rank 0 creates the array, or keeps it when resuming; returns, on every rank, the row
+        chunks already written whole by an interrupted run."""
+        done: set[int] = set()
         if self.world.main:
-            chunks = (min(chunk_rows, max(shape[0], 1)),) + tuple(shape[1:])
-            self.group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=COMPRESSOR)
-        self.world.barrier()
+            old = self._resumable_array(name, shape, dtype, chunk_rows)
+            if old is None:
+                _create_array(self.group, name, shape, dtype, chunk_rows)
+            else:
+                done = {i for i in range(old.cdata_shape[0]) if chunk_problem(old, i) is None}
+        return self.world.broadcast(done)
+
+    def _resumable_array(self, name: str, shape: tuple[int, ...], dtype: str, chunk_rows: int) -> zarr.Array | None:
+        if not self.resumed:
+            return None
+        try:
+            array = zarr.open_array(self.tmp / name, mode="r")
+        except Exception:
+            return None
+        same = array.shape == tuple(shape) and array.dtype == np.dtype(dtype) and array.chunks[0] == min(chunk_rows, max(shape[0], 1))
+        return array if same else None
 
     def write(self, name: str, start: int, block: np.ndarray) -> None:
         """Queue rows [start, start + len(block)) of array `name` for writing."""
@@ -150,16 +298,15 @@ class CacheWriter:
         self._pending.append(self._pool.submit(self._setitem, name, slice(start, start + len(block)), block))
 
     def _setitem(self, name: str, rows: slice, block: np.ndarray) -> None:
-        zarr.open_array(self.tmp / name, mode="r+")[rows] = block
+        zarr.open_array(self.tmp / name, mode="r+").with_config(ARRAY_CONFIG)[rows] = block
 
     def read(self, name: str) -> np.ndarray:
         """An array as written so far by all ranks (call after sync())."""
-        return zarr.open_array(self.tmp / name, mode="r")[...]
+        return read_array(self.tmp, name, f"the partial cache {self.key}", self.rebuild)
 
     def put(self, name: str, array: np.ndarray) -> None:
-        """A whole array at once (rank 0 only: used for logits, labels and the head)."""
-        chunks = (min(CHUNK_ROWS, max(array.shape[0], 1)),) + tuple(array.shape[1:])
-        self.group.create_array(name, shape=array.shape, chunks=chunks, dtype=array.dtype, compressors=COMPRESSOR)
+        """A whole array at once (rank 0 only: used for logits, labels and the head); replaces an older one."""
+        _create_array(self.group, name, array.shape, array.dtype, CHUNK_ROWS)
         self.write(name, 0, array)
 
     def sync(self) -> None:
@@ -172,18 +319,28 @@ class CacheWriter:
             self._pending.pop(0).result()
 
     def commit(self, attrs: dict) -> TeacherCache:
+        """Rank 0: record the provenance (replacing the resume record) and rename the cache into place."""
         self._drain()
-        self.group.attrs.update({"medal_cache_format": FORMAT, **attrs})
-        if self.final.exists():  # --force, or a concurrent run finished first
+        self.group.attrs.put({"medal_cache_format": FORMAT, **attrs})
+        if self.final.exists():  # --force, or an outdated cache of the same key
             shutil.rmtree(self.final)
         self.tmp.rename(self.final)
         return TeacherCache(self.final)
+
+    def finished_feature_chunks(self) -> int:
+        return sum(p.is_file() for p in self.tmp.glob("*/features/c/*/*"))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         for future in self._pending:
             future.cancel()
         self._pool.shutdown(wait=True)
-        if self.world.main and self.tmp.exists():
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+        if self.world.main:
+            if self.tmp.exists() and (full or not self.finished_feature_chunks()):
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            elif self.tmp.exists() and isinstance(exc, KeyboardInterrupt):
+                log(f"kept {self.finished_feature_chunks()} finished feature chunks of cache {self.key} in {self.tmp}; "
+                    f"the same command resumes from them.")
+            self._lock.release()
+        if full:
             raise MedalError(f"the disk under {self.root} is full; nothing was cached (free space or pass --cache-dir).") from None

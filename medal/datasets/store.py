@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from medal.cache.store import COMPRESSOR
+from medal.cache.store import COMPRESSORS
 from medal.data import MULTI_LABEL, SPLITS, Split, fingerprint
 from medal.errors import MedalError
 from medal.stream.budget import MemoryBudget
@@ -35,6 +35,7 @@ from medal.stream.store import StoredImages
 FORMAT = 1  # bump when the layout changes; older datasets are then refused with a re-import hint
 SHARD_ROWS = 256
 LABEL_CHUNK_ROWS = 65536
+COMPRESSOR = COMPRESSORS[0]  # Blosc/zstd alone: the layout medal.stream.store's fast row reader reads
 
 
 def data_dir(path: Path | str | None = None) -> Path:

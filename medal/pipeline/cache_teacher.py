@@ -3,6 +3,10 @@
 The backbone's CLS features (fp16) are computed once; a linear head is trained on them with the
 paper's recipe; its raw logits (fp32, before any temperature) for every split go into the Zarr
 cache. Every later (t, alpha) run reads those logits instead of running the teacher again.
+
+The features are the expensive part, so they are resumable: an interrupted run keeps every
+chunk it finished, and the same command computes only the missing ones (see `CacheWriter`).
+The head and its logits take seconds and are always redone.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from pathlib import Path
 import torch
 
 import medal
-from medal.cache.store import CHUNK_ROWS, CacheWriter, TeacherCache, cache_dir, cache_key, list_caches
+from medal.cache.store import (CHUNK_ROWS, FORMAT, CacheWriter, TeacherCache, cache_dir, cache_key, list_caches,
+                               rebuild_command)
 from medal.data import SPLITS
 from medal.datasets.base import Dataset
 from medal.datasets.resolve import resolve_dataset
@@ -48,6 +53,10 @@ class CacheConfig:
     max_memory: str | None = None  # memory for image data ("8G"); splits beyond it stream (medal.stream)
 
 
+# What a feature chunk depends on: an interrupted build is resumed only when none of these changed.
+RESUME_KEYS = ("dataset", "size", "data_fingerprint", "teacher", "weights_sha256", "image_size", "chunk_rows", "batch_size")
+
+
 @dataclass
 class CacheResult:
     cache: TeacherCache
@@ -57,8 +66,8 @@ class CacheResult:
 def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
     """Build (or find) the cache for cfg; every check that can fail runs before any write.
 
-    Under torchrun each rank runs the backbone over its own whole chunks of every split;
-    rank 0 then trains the head on all features, writes the logits and renames the cache.
+    Under torchrun each rank runs the backbone over its own share of the missing chunks of
+    every split; rank 0 then trains the head on all features, writes the logits and renames the cache.
     """
     check_teacher(cfg.teacher)
     check_teacher_image_size(cfg.image_size)
@@ -77,31 +86,42 @@ def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
             return CacheResult(existing[0], created=False)
         log(f"cache {key} was computed from other data than {data.path}; recomputing it")
     teacher = load_teacher(cfg.teacher, cfg.weights, cfg.image_size).to(device)
+    inputs = recorded_inputs(cfg, data, wid)
+    identity = {**{k: inputs[k] for k in RESUME_KEYS}, "device": device.type, "torch_version": torch.__version__,
+                "cache_format": FORMAT}
+    rebuild = rebuild_command({**inputs, "head": asdict(cfg.head)}, root)
 
-    with CacheWriter(root, key, world) as writer:
+    with CacheWriter(root, key, world, identity, rebuild, force=cfg.force) as writer:
+        sizes = {s: len(data.splits[s].images) for s in SPLITS}
+        done = {s: writer.create(f"{s}/features", (sizes[s], feature_dim(teacher)), "float16", chunk_rows=cfg.chunk_rows)
+                for s in SPLITS}
+        if world.main and any(done.values()):
+            total = sum(-(-n // cfg.chunk_rows) for n in sizes.values())
+            log(f"resuming cache {key}: {sum(map(len, done.values()))} of {total} feature chunks already computed")
         for split in SPLITS:
-            teacher_features(teacher, data, split, cfg, device, writer, world)
+            teacher_features(teacher, data, split, cfg, device, writer, world, done[split])
         writer.sync()
         cache = None
         if world.main:
             features = {s: torch.as_tensor(writer.read(f"{s}/features"), device=device) for s in SPLITS}
-            cache = writer.commit(fit_head(features, data, cfg, writer, wid, feature_dim(teacher)))
+            cache = writer.commit(fit_head(features, data, cfg, writer, inputs, feature_dim(teacher)))
         world.barrier()
     return CacheResult(cache or TeacherCache(writer.final), created=True)
 
 
 def teacher_features(teacher: torch.nn.Module, data: Dataset, split: str, cfg: CacheConfig,
-                     device: torch.device, writer: CacheWriter, world: World) -> None:
-    """CLS features of one split, streamed to Zarr as fp16, one whole chunk at a time.
+                     device: torch.device, writer: CacheWriter, world: World, done: set[int]) -> None:
+    """CLS features of one split's chunks not in `done`, streamed to Zarr as fp16, one whole chunk at a time.
 
     Batches never straddle a chunk, so a sample's feature is computed in the same batch
-    whatever the number of ranks: the cache is the same bit for bit.
+    whatever the number of ranks and however often the run was interrupted: the cache is the
+    same bit for bit.
     """
     split_images = data.splits[split].images
     n, rows = len(split_images), cfg.chunk_rows
     name = f"{split}/features"
-    writer.create(name, (n, feature_dim(teacher)), "float16", chunk_rows=rows)
-    mine = range(world.rank, -(-n // rows), world.size)  # this rank's chunk indices
+    missing = [c for c in range(-(-n // rows)) if c not in done]  # the same list on every rank
+    mine = missing[world.rank :: world.size]
     prep = Preprocess(cfg.image_size, IMAGENET_MEAN, IMAGENET_STD, device)
     bar = progress(total=sum(min(rows, n - c * rows) for c in mine), desc=f"teacher {split}", unit="img",
                    unit_scale=True, leave=False, disable=not world.main)
@@ -129,7 +149,7 @@ def forward_fitting(teacher: torch.nn.Module, prep: Preprocess, images: torch.Te
 
 
 def fit_head(features: dict[str, torch.Tensor], data: Dataset, cfg: CacheConfig, writer: CacheWriter,
-             wid: str, dim: int) -> dict:
+             inputs: dict, dim: int) -> dict:
     """Train the linear head, write its raw logits for every split; returns the cache's attrs."""
     targets = torch.as_tensor(data.targets("train"), device=features["train"].device)
     head, chosen = train_linear_head(features, targets, data.splits["val"].labels, data.task, data.multi_label,
@@ -143,11 +163,11 @@ def fit_head(features: dict[str, torch.Tensor], data: Dataset, cfg: CacheConfig,
         metrics[split] = evaluate_scores(data.splits[split].labels, scores, data.task)
     writer.put("head/weight", head.weight.detach().float().cpu().numpy())
     writer.put("head/bias", head.bias.detach().float().cpu().numpy())
-    return provenance(cfg, data, wid, dim, metrics, chosen["epoch"])
+    return provenance(inputs, cfg, dim, metrics, chosen["epoch"])
 
 
-def provenance(cfg: CacheConfig, data: Dataset, wid: str, dim: int, metrics: dict, head_epoch: int) -> dict:
-    """What a cache records about itself: enough to refuse stale data and to cite the teacher."""
+def recorded_inputs(cfg: CacheConfig, data: Dataset, wid: str) -> dict:
+    """What a cache is computed from: enough to refuse stale data, to cite the teacher and to rebuild it."""
     return {
         "dataset": data.flag,
         "task": data.task,
@@ -164,6 +184,15 @@ def provenance(cfg: CacheConfig, data: Dataset, wid: str, dim: int, metrics: dic
         "weights": str(Path(cfg.weights).resolve()) if cfg.weights else "timm hub",
         "weights_sha256": wid,
         "image_size": cfg.image_size,
+        "chunk_rows": cfg.chunk_rows,
+        "batch_size": cfg.batch_size,
+    }
+
+
+def provenance(inputs: dict, cfg: CacheConfig, dim: int, metrics: dict, head_epoch: int) -> dict:
+    """What a cache records about itself: its inputs, the head and its metrics, versions and date."""
+    return {
+        **inputs,
         "feature_dim": dim,
         "head": {**asdict(cfg.head), "best_epoch": head_epoch},
         "head_metrics": metrics,

@@ -8,6 +8,7 @@ import numpy as np
 import zarr
 
 from medal.data import SPLITS, Split, _split
+from medal.data_checks import check_labels
 from medal.errors import MedalError
 from medal.log import log
 from medal.stream.budget import MemoryBudget, human
@@ -36,6 +37,7 @@ def load_within_budget(path: Path, flag: str, size: int, md5: str, budget: Memor
     for split in SPLITS:
         if not resident[split]:
             labels = np.asarray(group[f"{split}/labels"][...], dtype=np.int64)
+            check_labels(path, flag, split, labels)
             splits[split] = Split(images=StoredImages(store / split / "images", stream_bytes), labels=labels)
     return {s: splits[s] for s in SPLITS}, str(group.attrs["fingerprint"])
 
@@ -65,6 +67,6 @@ def _read_resident(path: Path, flag: str, splits: list[str] | tuple[str, ...]) -
     """These splits loaded whole (np.load reads only the members asked for)."""
     try:
         with np.load(path) as npz:
-            return {s: _split(npz, s, flag) for s in splits}
+            return {s: _split(npz, s, flag, path) for s in splits}
     except (OSError, ValueError, KeyError) as exc:
         raise MedalError(f"{path} is not a MedMNIST .npz file ({exc}).") from None
