@@ -26,7 +26,7 @@ from medal.data import MedMNISTData, check_dataset, default_root, load_dataset
 from medal.device import resolve_device
 from medal.distributed import World, init_world
 from medal.errors import MedalError
-from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess, to_device
+from medal.images import INTERPOLATIONS, MEDMNIST_MEAN, MEDMNIST_STD, Preprocess, to_device
 from medal.io import write_csv, write_json, write_torch
 from medal.kd_loss import check_hyperparameters
 from medal.log import log
@@ -62,6 +62,7 @@ class DistillConfig:
     image_size: int = 224
     as_rgb: bool = True  # grayscale repeated to 3 channels (the paper); False: native channels (MedMNIST's default)
     keep: str = "best"  # which epoch's weights are kept and evaluated: best val AUC (the paper) or the last (MedMNIST)
+    interpolation: str = "bilinear"  # upsampling to --image-size; "nearest" is what MedMNIST's (224) models saw
     compile: bool = False
     out: Path | None = None
     runs_dir: Path = Path("runs")
@@ -90,6 +91,8 @@ def check_config(cfg: DistillConfig) -> None:
         raise MedalError(f"--image-size must be at least 16, got {cfg.image_size}.")
     if cfg.keep not in KEEP:
         raise MedalError(f"--keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}.")
+    if cfg.interpolation not in INTERPOLATIONS:
+        raise MedalError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {cfg.interpolation!r}.")
 
 
 def select_cache(cfg: DistillConfig, teacher: str | None) -> TeacherCache:
@@ -203,7 +206,8 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: MedMNISTData, ca
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=0.1)
     images = to_device(data.splits["train"].images, device)
-    prep = Preprocess(cfg.image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(student))
+    prep = Preprocess(cfg.image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(student),
+                      interpolation=cfg.interpolation)
     step = StudentStep(model, optimizer, prep, images, torch.as_tensor(data.targets("train"), device=device),
                        teacher_logits(caches, len(images), data.num_outputs, device), t=cfg.t, alpha=cfg.alpha,
                        multi_label=data.multi_label, device=device, compile=cfg.compile)

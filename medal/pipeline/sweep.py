@@ -140,7 +140,7 @@ def distill_command(cfg: DistillConfig) -> list[str]:
             "--alpha", repr(cfg.alpha), "--seed", str(cfg.seed), "--student", cfg.student, "--epochs", str(cfg.epochs),
             "--batch-size", str(cfg.batch_size), "--lr", repr(cfg.lr), "--milestones", ",".join(map(str, cfg.milestones)),
             "--patience", str(cfg.patience), "--image-size", str(cfg.image_size), "--device", cfg.device,
-            "--keep", cfg.keep, "--as-rgb" if cfg.as_rgb else "--no-as-rgb",
+            "--keep", cfg.keep, "--as-rgb" if cfg.as_rgb else "--no-as-rgb", "--interpolation", cfg.interpolation,
             "--out", str(cfg.out), "--force"]
     teachers = ",".join(cfg.teachers) or None
     for flag, value in (("--root", cfg.root), ("--size", cfg.size), ("--cache-dir", cfg.cache_dir),
