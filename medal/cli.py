@@ -25,9 +25,9 @@ app.add_typer(cache_app, name="cache")
 CacheDirOpt = typer.Option(None, "--cache-dir", envvar="MEDAL_CACHE_DIR", help="Where teacher caches live (default ~/.cache/medal).")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, or cuda[:N].")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout instead of a table.")
-AsRgbOpt = typer.Option(True, "--as-rgb/--no-as-rgb", help="Repeat grayscale to 3 channels (the paper), or train on 1 channel (MedMNIST's own recipe without --as_rgb).")
+AsRgbOpt = typer.Option(True, "--as-rgb/--no-as-rgb", help="Repeat grayscale to 3 channels (the paper, and MedMNIST v2's published runs), or train on 1 channel (MedMNIST's script without --as_rgb).")
 InterpolationOpt = typer.Option("bilinear", "--interpolation", help="How images are upsampled to --image-size: bilinear, or nearest (pixel replication, what MedMNIST's (224) models were trained on).")
-KeepOpt = typer.Option("best", "--keep", help="Weights kept and evaluated: best (best val AUC, the paper) or last (the last epoch, what MedMNIST's script evaluates).")
+KeepOpt = typer.Option("best", "--keep", help="Weights kept and evaluated: best (best val AUC: the paper, and MedMNIST v2's published numbers) or last (the last epoch: what MedMNIST's script evaluated before its 2023 fix).")
 
 
 def _milestones(text: str) -> tuple[int, ...]:

@@ -60,8 +60,8 @@ class DistillConfig:
     patience: int = 0
     seed: int = 0
     image_size: int = 224
-    as_rgb: bool = True  # grayscale repeated to 3 channels (the paper); False: native channels (MedMNIST's default)
-    keep: str = "best"  # which epoch's weights are kept and evaluated: best val AUC (the paper) or the last (MedMNIST)
+    as_rgb: bool = True  # grayscale repeated to 3 channels (the paper, MedMNIST v2's runs); False: native channels
+    keep: str = "best"  # weights kept and evaluated: best val AUC (the paper, MedMNIST v2) or the last epoch
     interpolation: str = "bilinear"  # upsampling to --image-size; "nearest" is what MedMNIST's (224) models saw
     compile: bool = False
     out: Path | None = None
