@@ -25,10 +25,11 @@ app.add_typer(cache_app, name="cache")
 CacheDirOpt = typer.Option(None, "--cache-dir", envvar="MEDAL_CACHE_DIR", help="Where teacher caches live (default ~/.cache/medal).")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, or cuda[:N].")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout instead of a table.")
-AsRgbOpt = typer.Option(True, "--as-rgb/--no-as-rgb", help="Repeat grayscale to 3 channels (the paper), or train on 1 channel (MedMNIST's own recipe without --as_rgb).")
+AsRgbOpt = typer.Option(True, "--as-rgb/--no-as-rgb", help="Repeat grayscale to 3 channels (the paper, and MedMNIST v2's published runs), or train on 1 channel (MedMNIST's script without --as_rgb).")
+InterpolationOpt = typer.Option("bilinear", "--interpolation", help="How images are upsampled to --image-size: bilinear, or nearest (pixel replication, what MedMNIST's (224) models were trained on).")
+KeepOpt = typer.Option("best", "--keep", help="Weights kept and evaluated: best (best val AUC: the paper, and MedMNIST v2's published numbers) or last (the last epoch: what MedMNIST's script evaluated before its 2023 fix).")
 MaxMemoryOpt = typer.Option(None, "--max-memory", help="Memory for image data, e.g. 8G or 500M (default: half the free RAM, and of the free GPU memory on CUDA); a split that does not fit is streamed from a store converted once into the cache dir.")
 DataDirOpt = typer.Option(None, "--data-dir", envvar="MEDAL_DATA_DIR", help="Where imported datasets live (default ~/.cache/medal/datasets).")
-KeepOpt = typer.Option("best", "--keep", help="Weights kept and evaluated: best (best val AUC, the paper) or last (the last epoch, what MedMNIST's script evaluates).")
 
 
 def _milestones(text: str) -> tuple[int, ...]:
@@ -103,6 +104,7 @@ def distill(
     image_size: int = typer.Option(224, "--image-size", help="Pixels the student sees."),
     as_rgb: bool = AsRgbOpt,
     keep: str = KeepOpt,
+    interpolation: str = InterpolationOpt,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the student (pays off on long GPU runs)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<dataset>_<student>_<method>_s<seed>)."),
     device: str = DeviceOpt,
@@ -121,8 +123,8 @@ def distill(
                         cache_key=cache_key, compile=compile, student=student,
                         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
                         milestones=_milestones(milestones), patience=patience, seed=seed, image_size=image_size,
-                        as_rgb=as_rgb, keep=keep, out=out, device=device, cache_dir=cache_dir, force=force,
-                        max_memory=max_memory, log_dir=log_dir)
+                        as_rgb=as_rgb, keep=keep, interpolation=interpolation, out=out, device=device,
+                        cache_dir=cache_dir, force=force, max_memory=max_memory, log_dir=log_dir)
     run = run_distill(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         _print_metrics(run, as_json, format_table)
@@ -256,6 +258,7 @@ def sweep(
     image_size: int = typer.Option(224, "--image-size", help="Pixels the student sees."),
     as_rgb: bool = AsRgbOpt,
     keep: str = KeepOpt,
+    interpolation: str = InterpolationOpt,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run directories go, one per point."),
     jobs: int = typer.Option(1, "--jobs", help="Points trained at once, each in its own process (for one GPU with spare memory)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="Run points in parallel, one process per GPU: 0,1,2,3 or 'all' (visible GPUs)."),
@@ -284,6 +287,7 @@ def sweep(
                                           teachers=tuple(n.strip() for n in (teachers or "").split(",") if n.strip()),
                                           batch_size=batch_size, lr=lr, milestones=_milestones(milestones),
                                           patience=patience, image_size=image_size, as_rgb=as_rgb, keep=keep,
+                                          interpolation=interpolation,
                                           runs_dir=runs_dir, device=device,
                                           cache_dir=cache_dir, max_memory=max_memory))
     results = run_sweep(grid)
@@ -300,13 +304,14 @@ def report(
     cache_dir: Optional[Path] = CacheDirOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """The paper's Table 2 and Table 4 / Figure 4 from finished runs, the paper's numbers beside ours."""
+    """The paper's Table 2 and Table 4 / Figure 4, and MedMNIST v2's official benchmark, beside our finished runs."""
     from medal.pipeline.report import run_report
 
     result = run_report(runs, out, cache_dir)
     if as_json:
         print(json.dumps({"out": str(result.out), "table2": result.table2, "table4": result.table4,
-                          "figure4": result.figure4, "plots": [str(p) for p in result.plots]}, indent=2))
+                          "figure4": result.figure4, "medmnist": result.medmnist,
+                          "plots": [str(p) for p in result.plots]}, indent=2))
     else:
         print(result.markdown())
         print(f"\nwritten to {result.out}")

@@ -15,6 +15,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2 was trained with ImageNet statis
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MEDMNIST_MEAN = (0.5, 0.5, 0.5)  # MedMNIST's official recipe for its CNN baselines
 MEDMNIST_STD = (0.5, 0.5, 0.5)
+# How 28 px images are upsampled. "nearest" is pixel replication, bit-identical to PIL's NEAREST (what
+# MedMNIST's "(224)" models were trained on); "bilinear" stays in float, within one grey level of PIL's
+# BILINEAR, which rounds to uint8.
+INTERPOLATIONS = {"bilinear": "bilinear", "nearest": "nearest-exact"}
 
 
 def to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -27,11 +31,13 @@ class Preprocess:
 
     channels=3 repeats grayscale to 3 channels (the paper, and every ImageNet-shaped network);
     channels=1 keeps grayscale as it is (MedMNIST's own recipe without --as_rgb).
+    interpolation is a key of INTERPOLATIONS.
     """
 
     def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
-                 channels: int = 3):
+                 channels: int = 3, interpolation: str = "bilinear"):
         self.size, self.channels = size, channels
+        self.mode = INTERPOLATIONS[interpolation]
         mean_t, std_t = torch.tensor(mean[:channels], device=device), torch.tensor(std[:channels], device=device)
         self.scale = (1.0 / (255.0 * std_t)).view(1, channels, 1, 1)
         self.shift = (-mean_t / std_t).view(1, channels, 1, 1)
@@ -42,6 +48,9 @@ class Preprocess:
         if x.shape[1] != self.channels:
             x = x.expand(-1, self.channels, -1, -1)  # grayscale repeated
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)
+            if self.mode == "bilinear":
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)
+            else:
+                x = F.interpolate(x, size=(self.size, self.size), mode=self.mode)
         x = x * self.scale + self.shift
         return x.contiguous(memory_format=self.memory_format)

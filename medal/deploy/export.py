@@ -150,7 +150,7 @@ def timm_config(student: Student) -> dict:
         "model_args": {"num_classes": len(labels), "in_chans": student.in_chans},
         "pretrained_cfg": {
             "tag": "medal", "custom_load": False, "input_size": prep["input_size"], "fixed_input_size": False,
-            "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center", "mean": prep["mean"],
+            "interpolation": prep["interpolation"], "crop_pct": 1.0, "crop_mode": "center", "mean": prep["mean"],
             "std": prep["std"], "num_classes": len(labels), "first_conv": model.pretrained_cfg["first_conv"],
             "classifier": model.pretrained_cfg["classifier"],
         },

@@ -63,13 +63,15 @@ def load_student(run: Path, device: torch.device) -> Student:
         model.load_state_dict(torch.load(run / "best.pt", map_location="cpu")["model"])
     except (RuntimeError, KeyError) as exc:
         raise MedalError(f"{run / 'best.pt'} does not fit the run's {config['student']} ({type(exc).__name__}).") from None
-    prep = Preprocess(config["image_size"], MEDMNIST_MEAN, MEDMNIST_STD, device, channels=in_chans)
+    prep = Preprocess(config["image_size"], MEDMNIST_MEAN, MEDMNIST_STD, device, channels=in_chans,
+                      interpolation=config.get("interpolation", "bilinear"))
     return Student(run, config, metrics, facts, model.to(device).eval(), prep)
 
 
 def preprocessing(student: Student) -> dict:
     """How a raw image becomes the student's input: embedded in, or written beside, every export."""
     facts, size, image_size = student.facts, student.size, int(student.config["image_size"])
+    mode = student.config.get("interpolation", "bilinear")
     return {
         "dataset": facts.name,
         "task": facts.task,
@@ -81,8 +83,9 @@ def preprocessing(student: Student) -> dict:
                         else "grayscale repeated to RGB"),
         "input_size": [student.in_chans, image_size, image_size],
         "to_input": f"uint8 -> float, {'grayscale repeated to 3 channels, ' if facts.channels < student.in_chans else ''}"
-                    f"bilinear resize to {image_size}x{image_size} (torch interpolate, align_corners=False, "
-                    f"no antialias), then (x / 255 - mean) / std",
+                    f"{mode} resize to {image_size}x{image_size} (torch interpolate"
+                    f"{', align_corners=False' if mode == 'bilinear' else ''}, no antialias), then (x / 255 - mean) / std",
+        "interpolation": mode,
         "mean": list(MEDMNIST_MEAN[: student.in_chans]),
         "std": list(MEDMNIST_STD[: student.in_chans]),
         "output": "sigmoid per label" if facts.task.startswith("multi-label") else "softmax over classes",

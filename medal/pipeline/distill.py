@@ -30,7 +30,7 @@ from medal.deploy.model_card import write_model_card
 from medal.device import resolve_device
 from medal.distributed import World, init_world
 from medal.errors import MedalError
-from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
+from medal.images import INTERPOLATIONS, MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
 from medal.io import write_csv, write_json, write_torch
 from medal.kd_loss import check_hyperparameters
 from medal.log import log
@@ -68,8 +68,9 @@ class DistillConfig:
     patience: int = 0
     seed: int = 0
     image_size: int = 224
-    as_rgb: bool = True  # grayscale repeated to 3 channels (the paper); False: native channels (MedMNIST's default)
-    keep: str = "best"  # which epoch's weights are kept and evaluated: best val AUC (the paper) or the last (MedMNIST)
+    as_rgb: bool = True  # grayscale repeated to 3 channels (the paper, MedMNIST v2's runs); False: native channels
+    keep: str = "best"  # weights kept and evaluated: best val AUC (the paper, MedMNIST v2) or the last epoch
+    interpolation: str = "bilinear"  # upsampling to --image-size; "nearest" is what MedMNIST's (224) models saw
     compile: bool = False
     out: Path | None = None
     runs_dir: Path = Path("runs")
@@ -100,6 +101,8 @@ def check_config(cfg: DistillConfig) -> None:
         raise MedalError(f"--image-size must be at least 16, got {cfg.image_size}.")
     if cfg.keep not in KEEP:
         raise MedalError(f"--keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}.")
+    if cfg.interpolation not in INTERPOLATIONS:
+        raise MedalError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {cfg.interpolation!r}.")
 
 
 def select_cache(cfg: DistillConfig, teacher: str | None) -> TeacherCache:
@@ -221,7 +224,8 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, caches:
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr, fused=device.type == "cuda")
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=0.1)
     source = image_source(data.splits["train"].images, device)  # resident, or streamed batch by batch
-    prep = Preprocess(cfg.image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(student))
+    prep = Preprocess(cfg.image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(student),
+                      interpolation=cfg.interpolation)
     step = StudentStep(model, optimizer, prep, None, torch.as_tensor(data.targets("train"), device=device),
                        teacher_logits(caches, len(source), data.num_outputs, device), t=cfg.t, alpha=cfg.alpha,
                        multi_label=data.multi_label, device=device, compile=cfg.compile)

@@ -44,7 +44,8 @@ def student_channels(model: nn.Module) -> int:
 def evaluate_model(model: nn.Module, data: Dataset, image_size: int, device: torch.device, run: Path | None,
                    config: dict, extra: dict | None = None) -> dict:
     """Test and val metrics; with a `run`, also written there as metrics.json and test_scores.npy."""
-    prep = Preprocess(image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(model))
+    prep = Preprocess(image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(model),
+                      interpolation=config.get("interpolation", "bilinear"))
     metrics: dict = {}
     for split in ("test", "val"):
         scores = predict(model, image_source(data.splits[split].images, device), prep, data.task, device)
@@ -82,7 +83,8 @@ def load_run(run: Path, device: torch.device, root: Path | None = None, data: Da
         raise MedalError(f"the data in {data.path} is not the data {run} was trained on (fingerprint differs).")
     model = build_student(config["student"], data.num_outputs, in_chans=config.get("in_chans", 3))
     model.load_state_dict(torch.load(run / "best.pt", map_location="cpu")["model"])
-    prep = Preprocess(config["image_size"], MEDMNIST_MEAN, MEDMNIST_STD, device, channels=config.get("in_chans", 3))
+    prep = Preprocess(config["image_size"], MEDMNIST_MEAN, MEDMNIST_STD, device, channels=config.get("in_chans", 3),
+                      interpolation=config.get("interpolation", "bilinear"))
     return LoadedRun(run, config, data, model.to(device).eval(), prep)
 
 

@@ -4,13 +4,14 @@ Every run directory under --runs with config.json and metrics.json is one seed o
 runs of the same method, dataset, epochs and image size are averaged (mean and sample std over
 seeds). The DINOv2 linear-probe rows come from the teacher caches' head metrics (one value each).
 The paper's published numbers (medal/data/paper) stand beside ours with the difference, so a
-reproduction shows at a glance where it agrees.
+reproduction shows at a glance where it agrees; so do MedMNIST v2's own ResNet-18/50 numbers beside
+our CE runs of the same models (medal/pipeline/medmnist_benchmark.py).
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -267,16 +268,24 @@ class Report:
     table4: list[dict]
     figure4: list[dict]
     plots: list[Path]
+    medmnist: list[dict] = field(default_factory=list)  # MedMNIST v2's official benchmark beside our CE runs
 
     def markdown(self) -> str:
+        from medal.pipeline.medmnist_benchmark import medmnist_markdown
+
         parts = ["## Table 2: test AUC / ACC, mean ± std over seeds", table2_markdown(self.table2)]
         if self.table4:
             parts += ["## Table 4: distillation at each (t, alpha)", table4_markdown(self.table4)]
+        if self.medmnist:
+            parts += ["## MedMNIST v2 official benchmark: our CE runs beside the published ResNet-18/50",
+                      medmnist_markdown(self.medmnist)]
         return "\n\n".join(parts)
 
 
 def run_report(runs: Path, out: Path | None = None, caches: Path | None = None) -> Report:
-    """Collect, average and write report/{table2,table4,figure4}.{csv,md}, the PNGs and report.json."""
+    """Collect, average and write report/{table2,table4,figure4,medmnist}.{csv,md}, the PNGs and report.json."""
+    from medal.pipeline.medmnist_benchmark import medmnist_markdown, medmnist_rows  # it builds on this module
+
     runs = Path(runs)
     found = collect_runs(runs) if runs.is_dir() else []
     if not found:
@@ -293,8 +302,12 @@ def run_report(runs: Path, out: Path | None = None, caches: Path | None = None) 
     if curves:
         write_csv(out / "figure4.csv", curves)
         write_text(out / "figure4.md", figure4_markdown(curves))
+    official = medmnist_rows(found)
+    if official:
+        write_csv(out / "medmnist.csv", official)
+        write_text(out / "medmnist.md", medmnist_markdown(official))
     plots = figures(points, curves, out)
-    report = Report(out, rows, points, curves, plots)
+    report = Report(out, rows, points, curves, plots, official)
     write_json(out / "report.json", {"runs": [str(r.path) for r in found], "table2": rows, "table4": points,
-                                     "figure4": curves, "plots": [str(p) for p in plots]})
+                                     "figure4": curves, "medmnist": official, "plots": [str(p) for p in plots]})
     return report

@@ -256,7 +256,7 @@ def distill_command(cfg: DistillConfig) -> list[str]:
             "--alpha", repr(cfg.alpha), "--seed", str(cfg.seed), "--student", cfg.student, "--epochs", str(cfg.epochs),
             "--batch-size", str(cfg.batch_size), "--lr", repr(cfg.lr), "--milestones", ",".join(map(str, cfg.milestones)),
             "--patience", str(cfg.patience), "--image-size", str(cfg.image_size), "--device", cfg.device,
-            "--keep", cfg.keep, "--as-rgb" if cfg.as_rgb else "--no-as-rgb",
+            "--keep", cfg.keep, "--as-rgb" if cfg.as_rgb else "--no-as-rgb", "--interpolation", cfg.interpolation,
             "--out", str(cfg.out)]  # never --force: an interrupted point resumes
     teachers = ",".join(cfg.teachers) or None
     for flag, value in (("--root", cfg.root), ("--data-dir", cfg.data_dir), ("--size", cfg.size),
