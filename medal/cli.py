@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from medal.errors import MedalError
+from medal.interrupt import Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil a frozen DINOv2 teacher into a ResNet50 on MedMNIST, paying for the teacher once.")
@@ -26,6 +27,7 @@ CacheDirOpt = typer.Option(None, "--cache-dir", envvar="MEDAL_CACHE_DIR", help="
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, or cuda[:N].")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout instead of a table.")
 AsRgbOpt = typer.Option(True, "--as-rgb/--no-as-rgb", help="Repeat grayscale to 3 channels (the paper), or train on 1 channel (MedMNIST's own recipe without --as_rgb).")
+DeterministicOpt = typer.Option(False, "--deterministic", help="Repeatable on CUDA too: deterministic algorithms only, no cuDNN autotuning (slower; CPU runs are repeatable without it).")
 KeepOpt = typer.Option("best", "--keep", help="Weights kept and evaluated: best (best val AUC, the paper) or last (the last epoch, what MedMNIST's script evaluates).")
 
 
@@ -94,7 +96,8 @@ def distill(
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
     milestones: str = typer.Option("50,75", "--milestones", help="Epochs at which the lr is multiplied by 0.1."),
     patience: int = typer.Option(0, "--patience", help="Stop after this many epochs without a better val AUC (0: never; the best epoch is kept either way)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Fixes everything random: initial weights, data order."),
+    deterministic: bool = DeterministicOpt,
     image_size: int = typer.Option(224, "--image-size", help="Pixels the student sees."),
     as_rgb: bool = AsRgbOpt,
     keep: str = KeepOpt,
@@ -102,7 +105,7 @@ def distill(
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<dataset>_<student>_<method>_s<seed>)."),
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
-    force: bool = typer.Option(False, "--force", help="Replace an existing run directory."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run directory; start an interrupted run over instead of resuming it."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Stage 2 (+3): train the student against the cached teacher logits, then evaluate it on test."""
@@ -113,8 +116,8 @@ def distill(
     cfg = DistillConfig(dataset=dataset, root=root, size=size, t=t, alpha=alpha, teacher=teacher, teachers=names,
                         cache_key=cache_key, compile=compile, student=student,
                         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
-                        milestones=_milestones(milestones), patience=patience, seed=seed, image_size=image_size,
-                        as_rgb=as_rgb, keep=keep, out=out, device=device, cache_dir=cache_dir, force=force)
+                        milestones=_milestones(milestones), patience=patience, seed=seed, deterministic=deterministic,
+                        image_size=image_size, as_rgb=as_rgb, keep=keep, out=out, device=device, cache_dir=cache_dir, force=force)
     run = run_distill(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         _print_metrics(run, as_json, format_table)
@@ -204,6 +207,7 @@ def sweep(
     image_size: int = typer.Option(224, "--image-size", help="Pixels the student sees."),
     as_rgb: bool = AsRgbOpt,
     keep: str = KeepOpt,
+    deterministic: bool = DeterministicOpt,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run directories go, one per point."),
     jobs: int = typer.Option(1, "--jobs", help="Points trained at once, each in its own process (for one GPU with spare memory)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="Run points in parallel, one process per GPU: 0,1,2,3 or 'all' (visible GPUs)."),
@@ -225,6 +229,7 @@ def sweep(
                                           teachers=tuple(n.strip() for n in (teachers or "").split(",") if n.strip()),
                                           batch_size=batch_size, lr=lr, milestones=_milestones(milestones),
                                           patience=patience, image_size=image_size, as_rgb=as_rgb, keep=keep,
+                                          deterministic=deterministic,
                                           runs_dir=runs_dir, device=device,
                                           cache_dir=cache_dir))
     results = run_sweep(grid)
@@ -303,6 +308,9 @@ def main() -> None:
     except MedalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as exc:  # a distill run stopped by Ctrl-C or SIGTERM, its progress kept
+        print(exc, file=sys.stderr)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was kept.", file=sys.stderr)
         sys.exit(130)
