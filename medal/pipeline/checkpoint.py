@@ -85,6 +85,22 @@ class Checkpoint:
         write_torch(self.path, {"settings": self.settings, **state})
         self.epoch = state["epoch"]
 
+    def resuming(self, out: Path, stopped: bool, epochs: int) -> str:
+        """The line a resumed run starts with."""
+        done = self.epoch
+        if stopped or done == epochs:
+            return f"resuming {out} after its last epoch ({done} of {epochs} done): evaluating"
+        return f"resuming {out} from epoch {done + 1} of {epochs} ({done} epoch{'s' * (done != 1)} done)"
+
+    def interrupted(self, trained: bool, epochs: int) -> str:
+        """The line a run stopped by a signal ends with."""
+        if trained:
+            where = "interrupted while evaluating: run the same command again to finish"
+        else:
+            where = (f"interrupted at epoch {self.epoch + 1} of {epochs}: run the same command again to resume "
+                     f"from epoch {self.epoch + 1}")
+        return f"{where} (progress kept in {self.folder})"
+
     def remove(self) -> None:
         """A finished run keeps its outputs, not the state to continue it."""
         self.path.unlink(missing_ok=True)

@@ -180,7 +180,7 @@ def run_distill(cfg: DistillConfig) -> Path:
         if world.main:
             write_json(partial / "config.json", config)
             if resumed:
-                log(f"resuming {out} from epoch {resumed['epoch'] + 1} of {cfg.epochs} ({resumed['epoch']} epochs done)")
+                log(checkpoint.resuming(out, resumed["stopped"], cfg.epochs))
         trained = False
         try:
             with sigterm_raises():
@@ -194,10 +194,7 @@ def run_distill(cfg: DistillConfig) -> Path:
                                    extra={"kept": cfg.keep, "kept_epoch": kept["epoch"],
                                           "last_epoch": {"epoch": history[-1]["epoch"], **last}})
         except (KeyboardInterrupt, Terminated) as exc:
-            at = checkpoint.epoch + 1
-            where = (f"interrupted while evaluating: run the same command again to finish" if trained else
-                     f"interrupted at epoch {at} of {cfg.epochs}: run the same command again to resume from epoch {at}")
-            raise Interrupted(f"{where} (progress kept in {partial})", exit_code(exc)) from None
+            raise Interrupted(checkpoint.interrupted(trained, cfg.epochs), exit_code(exc)) from None
         if world.main:
             checkpoint.remove()
             lock.release()
