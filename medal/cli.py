@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from medal.errors import MedalError
+from medal.interrupt import Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil a frozen DINOv2 teacher into a ResNet50 on MedMNIST, paying for the teacher once.")
@@ -30,6 +31,7 @@ InterpolationOpt = typer.Option("bilinear", "--interpolation", help="How images 
 KeepOpt = typer.Option("best", "--keep", help="Weights kept and evaluated: best (best val AUC: the paper, and MedMNIST v2's published numbers) or last (the last epoch: what MedMNIST's script evaluated before its 2023 fix).")
 MaxMemoryOpt = typer.Option(None, "--max-memory", help="Memory for image data, e.g. 8G or 500M (default: half the free RAM, and of the free GPU memory on CUDA); a split that does not fit is streamed from a store converted once into the cache dir.")
 DataDirOpt = typer.Option(None, "--data-dir", envvar="MEDAL_DATA_DIR", help="Where imported datasets live (default ~/.cache/medal/datasets).")
+DeterministicOpt = typer.Option(False, "--deterministic", help="Repeatable on CUDA too: deterministic algorithms only, no cuDNN autotuning (slower; CPU runs are repeatable without it).")
 
 
 def _milestones(text: str) -> tuple[int, ...]:
@@ -100,7 +102,8 @@ def distill(
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate."),
     milestones: str = typer.Option("50,75", "--milestones", help="Epochs at which the lr is multiplied by 0.1."),
     patience: int = typer.Option(0, "--patience", help="Stop after this many epochs without a better val AUC (0: never; the best epoch is kept either way)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Fixes everything random: initial weights, data order."),
+    deterministic: bool = DeterministicOpt,
     image_size: int = typer.Option(224, "--image-size", help="Pixels the student sees."),
     as_rgb: bool = AsRgbOpt,
     keep: str = KeepOpt,
@@ -109,7 +112,7 @@ def distill(
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/<dataset>_<student>_<method>_s<seed>)."),
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
-    force: bool = typer.Option(False, "--force", help="Replace an existing run directory."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run directory; start an interrupted run over instead of resuming it."),
     max_memory: Optional[str] = MaxMemoryOpt,
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Write TensorBoard scalars (train/loss, val/auc, val/acc, lr, throughput/img_per_s) into DIR. MEDAL_TENSORBOARD=1 without --log-dir writes them to <runs dir or --out's parent>/tensorboard/<run name>."),
     as_json: bool = JsonOpt,
@@ -122,7 +125,8 @@ def distill(
     cfg = DistillConfig(dataset=dataset, root=root, data_dir=data_dir, size=size, t=t, alpha=alpha, teacher=teacher, teachers=names,
                         cache_key=cache_key, compile=compile, student=student,
                         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
-                        milestones=_milestones(milestones), patience=patience, seed=seed, image_size=image_size,
+                        milestones=_milestones(milestones), patience=patience, seed=seed, deterministic=deterministic,
+                        image_size=image_size,
                         as_rgb=as_rgb, keep=keep, interpolation=interpolation, out=out, device=device,
                         cache_dir=cache_dir, force=force, max_memory=max_memory, log_dir=log_dir)
     run = run_distill(cfg)
@@ -259,6 +263,7 @@ def sweep(
     as_rgb: bool = AsRgbOpt,
     keep: str = KeepOpt,
     interpolation: str = InterpolationOpt,
+    deterministic: bool = DeterministicOpt,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run directories go, one per point."),
     jobs: int = typer.Option(1, "--jobs", help="Points trained at once, each in its own process (for one GPU with spare memory)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="Run points in parallel, one process per GPU: 0,1,2,3 or 'all' (visible GPUs)."),
@@ -288,6 +293,7 @@ def sweep(
                                           batch_size=batch_size, lr=lr, milestones=_milestones(milestones),
                                           patience=patience, image_size=image_size, as_rgb=as_rgb, keep=keep,
                                           interpolation=interpolation,
+                                          deterministic=deterministic,
                                           runs_dir=runs_dir, device=device,
                                           cache_dir=cache_dir, max_memory=max_memory))
     results = run_sweep(grid)
@@ -411,6 +417,9 @@ def main() -> None:
     except MedalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except Interrupted as exc:  # a distill run stopped by Ctrl-C or SIGTERM, its progress kept
+        print(exc, file=sys.stderr)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted: nothing half-written was kept.", file=sys.stderr)
         sys.exit(130)

@@ -8,6 +8,9 @@ A split too large for --max-memory is streamed from a store instead, in the same
 
 A run directory is built under a temporary name and renamed when complete:
 config.json, history.csv, history.png, best.pt, metrics.json, test_scores.npy, MODEL_CARD.md.
+config.json, history.csv, history.png, best.pt, metrics.json, test_scores.npy, MODEL_CARD.md. Until then the
+temporary folder keeps a checkpoint of the last finished epoch, so the same command run again
+after an interruption goes on from there (`medal.pipeline.checkpoint`).
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ from medal.device import resolve_device
 from medal.distributed import World, init_world
 from medal.errors import MedalError
 from medal.images import INTERPOLATIONS, MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
+from medal.interrupt import Interrupted, Terminated, exit_code, sigterm_raises
 from medal.io import write_csv, write_json, write_torch
 from medal.kd_loss import check_hyperparameters
 from medal.log import log
 from medal.metrics import evaluate_scores
 from medal.models import build_student, check_student, check_teacher
+from medal.pipeline.checkpoint import Checkpoint, run_settings
 from medal.pipeline.evaluate import evaluate_model, predict, student_channels
 from medal.pipeline.student_step import StudentStep
 from medal.plots import plot_history
@@ -43,6 +48,8 @@ from medal.progress import progress
 from medal.stream.budget import memory_budget
 from medal.stream.source import image_source
 from medal.tensorboard import open_scalars
+from medal.reproducible import deterministic_pooling, rng_state, seed_everything, set_deterministic, set_rng_state
+from medal.runlock import RunLock
 
 
 KEEP = ("best", "last")
@@ -67,6 +74,7 @@ class DistillConfig:
     milestones: tuple[int, ...] = (50, 75)
     patience: int = 0
     seed: int = 0
+    deterministic: bool = False  # CUDA too: deterministic algorithms, no cuDNN autotuning (CPU is anyway)
     image_size: int = 224
     as_rgb: bool = True  # grayscale repeated to 3 channels (the paper, MedMNIST v2's runs); False: native channels
     keep: str = "best"  # weights kept and evaluated: best val AUC (the paper, MedMNIST v2) or the last epoch
@@ -76,7 +84,7 @@ class DistillConfig:
     runs_dir: Path = Path("runs")
     device: str = "auto"
     cache_dir: Path | None = None
-    force: bool = False
+    force: bool = False  # replace a finished run, or start an interrupted one over
     max_memory: str | None = None  # memory for image data ("8G"); splits beyond it stream (medal.stream)
     log_dir: Path | None = None  # TensorBoard scalars (see medal/tensorboard.py)
 
@@ -163,7 +171,9 @@ def run_distill(cfg: DistillConfig) -> Path:
     """Train, select on val, evaluate on test; returns the finished run directory.
 
     Under torchrun every rank trains its shard of each epoch (DDP); rank 0 alone writes.
+    An interrupted run (its `.NAME.partial` folder holds a checkpoint) is resumed.
     """
+    set_deterministic(cfg.deterministic)  # before anything touches CUDA
     data, caches = prepare(cfg)
     world = init_world(resolve_device(cfg.device))
     device = world.device(resolve_device(cfg.device))
@@ -171,36 +181,52 @@ def run_distill(cfg: DistillConfig) -> Path:
     if world.main and out.exists() and not cfg.force:
         raise MedalError(f"run directory {out} already exists; pass --force to replace it or --out DIR.")
     in_chans = 3 if cfg.as_rgb else data.channels
-    torch.manual_seed(cfg.seed)  # before the student exists: --seed fixes its initial weights
+    seed_everything(cfg.seed)  # before the student exists: --seed fixes its initial weights
     student = build_student(cfg.student, data.num_outputs, cfg.pretrained, in_chans=in_chans)
+    if cfg.deterministic and device.type == "cuda":
+        deterministic_pooling(student)
     partial = out.with_name(f".{out.name}.partial")
     config = {**asdict(cfg), "task": data.task, "size": data.size, "data_root": str(data.path.parent.resolve()),
               "data_path": str(data.path.resolve()), "data_md5": data.md5, "data_fingerprint": data.fingerprint,
               "cache_key": caches[0].key if caches else None, "cache_keys": [c.key for c in caches],
               "teachers": [c.attrs["teacher"] for c in caches], "world_size": world.size, "in_chans": in_chans,
-              "medal_version": medal.__version__, "torch_version": torch.__version__}
+              "device_type": device.type, "medal_version": medal.__version__, "torch_version": torch.__version__}
+    checkpoint = Checkpoint(partial, run_settings(config))
+    lock = None
     if world.main:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        partial.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(partial)  # a second process on the same run stops here
     try:
+        resumed = world.broadcast(checkpoint.start(cfg.force) if world.main else None)
         if world.main:
             write_json(partial / "config.json", config)
-        history = train_student(cfg, student, data, caches, device, partial, world)
+            if resumed:
+                log(checkpoint.resuming(out, resumed["stopped"], cfg.epochs))
+        trained = False
+        try:
+            with sigterm_raises():
+                history = train_student(cfg, student, data, caches, device, partial, world, checkpoint, resumed)
+                trained = True
+                if world.main:
+                    last = evaluate_model(student, data, cfg.image_size, device, None, config)  # the weights training ended with
+                    kept = torch.load(partial / "best.pt", map_location="cpu")
+                    student.load_state_dict(kept["model"])
+                    evaluate_model(student.to(device), data, cfg.image_size, device, partial, config,
+                                   extra={"kept": cfg.keep, "kept_epoch": kept["epoch"],
+                                          "last_epoch": {"epoch": history[-1]["epoch"], **last}})
+                    write_model_card(partial)
+        except (KeyboardInterrupt, Terminated) as exc:
+            raise Interrupted(checkpoint.interrupted(trained, cfg.epochs), exit_code(exc)) from None
         if world.main:
-            last = evaluate_model(student, data, cfg.image_size, device, None, config)  # the weights training ended with
-            kept = torch.load(partial / "best.pt", map_location="cpu")
-            student.load_state_dict(kept["model"])
-            evaluate_model(student.to(device), data, cfg.image_size, device, partial, config,
-                           extra={"kept": cfg.keep, "kept_epoch": kept["epoch"],
-                                  "last_epoch": {"epoch": history[-1]["epoch"], **last}})
-            write_model_card(partial)
+            checkpoint.remove()
+            lock.release()
             if out.exists():
                 shutil.rmtree(out)
             partial.rename(out)
         world.barrier()
     finally:
-        if world.main:
-            shutil.rmtree(partial, ignore_errors=True)
+        if lock is not None:
+            lock.release()  # the partial folder stays: a rerun resumes from its checkpoint
     return out
 
 
@@ -215,9 +241,15 @@ def teacher_logits(caches: list[TeacherCache], n: int, outputs: int, device: tor
 
 
 def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, caches: list[TeacherCache],
-                  device: torch.device, run: Path, world: World) -> list[dict]:
-    """The training loop; rank 0 writes history.csv/.png and best.pt into `run` as it goes."""
+                  device: torch.device, run: Path, world: World, checkpoint: Checkpoint,
+                  resumed: dict | None = None) -> list[dict]:
+    """The training loop, continuing `resumed` (a checkpoint's state) when given.
+
+    Rank 0 writes the checkpoint, then history.csv/.png and best.pt into `run`, after every epoch.
+    """
     generator = torch.Generator().manual_seed(cfg.seed)  # same seed on every rank: same global order
+    if resumed:
+        student.load_state_dict(resumed["model"])  # before DDP, which copies rank 0's weights to every rank
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     student = student.to(device, memory_format=fmt)
     model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None) if world.distributed else student
@@ -232,10 +264,21 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, caches:
     val_images = image_source(data.splits["val"].images, device) if world.main else None
 
     history: list[dict] = []
-    best_auc, since_best = -1.0, 0
+    best_auc, since_best, stop, first = -1.0, 0, False, 1
+    if resumed:
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["scheduler"])
+        history, best_auc, since_best = list(resumed["history"]), resumed["best_auc"], resumed["since_best"]
+        stop, first = resumed["stopped"], resumed["epoch"] + 1
+        # Every rank takes rank 0's generators: seeded alike and drawn from alike, they were equal.
+        set_rng_state(resumed["rng"], generator, device)
+        if world.main:
+            write_outputs(run, history, resumed, cfg.keep, since_best)  # the killed process may have missed them
     out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / cfg.run_name(data.flag, cfg.teacher)
     scalars = open_scalars(cfg.log_dir, out) if world.main else None
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(first, cfg.epochs + 1):
+        if stop:
+            break
         model.train()
         start = time.perf_counter()
         order = world.shard(torch.randperm(len(source), generator=generator))
@@ -248,7 +291,6 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, caches:
         schedule.step()
         train_loss = float(world.all_sum(loss_sum)) / (len(batches) * world.size)
         train_s = time.perf_counter() - start
-        stop = False
         if world.main:
             val = evaluate_scores(data.splits["val"].labels, predict(student, val_images, prep, data.task, device), data.task)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
@@ -256,22 +298,30 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, caches:
             history.append(row)
             if scalars:
                 scalars.epoch(row, images_per_s=sum(map(len, batches)) * world.size / train_s)
-            write_csv(run / "history.csv", history)
             if val["auc"] > best_auc:
                 best_auc, since_best = val["auc"], 0
             else:
                 since_best += 1
-            if since_best == 0 or cfg.keep == "last":
-                write_torch(run / "best.pt", {"model": student.state_dict(), "epoch": epoch, "val": val})
+            stop = bool(cfg.patience) and since_best >= cfg.patience
+            state = {"epoch": epoch, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": schedule.state_dict(), "rng": rng_state(generator, device), "val": val,
+                     "best_auc": best_auc, "since_best": since_best, "stopped": stop, "history": history}
+            checkpoint.save(state)  # the epoch's commit point: the files below follow from it
+            write_outputs(run, history, state, cfg.keep, since_best)
             log(f"epoch {epoch:3d}  loss {train_loss:.4f}  val auc {val['auc']:.4f}  acc {val['acc']:.4f}"
                 f"  ({row['seconds']:.1f}s)")
-            stop = bool(cfg.patience) and since_best >= cfg.patience
             if stop:
                 log(f"early stop: val AUC has not improved for {cfg.patience} epochs")
-        if world.broadcast(stop):
-            break
+        stop = world.broadcast(stop)
     if scalars:
         scalars.close()
     if world.main:
         plot_history(history, run / "history.png")
     return history
+
+
+def write_outputs(run: Path, history: list[dict], state: dict, keep: str, since_best: int) -> None:
+    """history.csv, and best.pt when the epoch in `state` is the one kept."""
+    write_csv(run / "history.csv", history)
+    if since_best == 0 or keep == "last":
+        write_torch(run / "best.pt", {"model": state["model"], "epoch": state["epoch"], "val": state["val"]})

@@ -35,7 +35,8 @@ class StudentStep:
         # dynamic=False: the short last batch of an epoch gets its own static graph instead of
         # turning the whole step into a slower dynamic-shape one.
         self.forward = torch.compile(student, dynamic=False) if compile else student
-        torch.backends.cudnn.benchmark = True  # input shapes are fixed: tune the convolutions once
+        if not torch.are_deterministic_algorithms_enabled():  # --deterministic: no autotuning either
+            torch.backends.cudnn.benchmark = True  # input shapes are fixed: tune the convolutions once
         self.loss_fn: LossFn = kd_loss
         if teacher_logits is not None and teacher_logits.ndim == 3:
             from medal.ca_mkd import ca_mkd_loss  # several teachers: confidence-aware weighting

@@ -265,7 +265,8 @@ def distill_command(cfg: DistillConfig) -> list[str]:
                         ("--teachers", teachers), ("--teacher", None if teachers else cfg.teacher)):
         if value is not None:
             args += [flag, str(value)]
-    return args + [flag for flag, on in (("--pretrained", cfg.pretrained), ("--compile", cfg.compile)) if on]
+    return args + [flag for flag, on in (("--pretrained", cfg.pretrained), ("--compile", cfg.compile),
+                                         ("--deterministic", cfg.deterministic)) if on]
 
 
 @dataclass

@@ -1,0 +1,187 @@
+"""Repeatable and resumable distill runs: same seed twice, kill -9 and SIGTERM mid-run, then resume.
+
+A tiny timm student (test_resnet) on 28 px toy data, plain CE (--alpha 1, no teacher cache).
+Interrupted runs are real `python -m medal distill` processes; the reruns that resume them and
+the uninterrupted reference run in-process. All single-threaded, so that bits do not depend
+on how a reduction is split across threads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import medal
+from conftest import error_lines, make_npz, run_cli
+
+EPOCHS = 6
+
+
+def args(root: Path, out: Path, *extra: object) -> list[str]:
+    return ["distill", "--dataset", "bloodmnist", "--root", root, "--alpha", "1", "--student", "test_resnet",
+            "--epochs", EPOCHS, "--batch-size", "16", "--image-size", "28", "--milestones", "2", "--device", "cpu",
+            "--out", out, *extra]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("medmnist")
+    make_npz(root, "bloodmnist", n={"train": 48, "val": 16, "test": 16})
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(root, tmp_path_factory) -> Path:
+    """An uninterrupted run with the default seed."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["medal", *map(str, args(root, out))])
+        torch.set_num_threads(1)
+        from medal.cli import main
+
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, f"reference run failed with exit {exc.code}"
+    return out
+
+
+def history(run: Path) -> list[dict]:
+    """history.csv without its seconds column, the one thing allowed to differ."""
+    with open(run / "history.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    """Every output of two runs the same bit for bit, except seconds, paths and history.png."""
+    assert history(a) == history(b)
+    assert (a / "test_scores.npy").read_bytes() == (b / "test_scores.npy").read_bytes()
+    ma, mb = json.loads((a / "metrics.json").read_text()), json.loads((b / "metrics.json").read_text())
+    ca, cb = ma.pop("config"), mb.pop("config")
+    assert ma == mb
+    assert {k: v for k, v in ca.items() if k != "out"} == {k: v for k, v in cb.items() if k != "out"}
+    ba, bb = torch.load(a / "best.pt"), torch.load(b / "best.pt")
+    assert (ba["epoch"], ba["val"]) == (bb["epoch"], bb["val"])
+    assert ba["model"].keys() == bb["model"].keys()
+    assert all(torch.equal(ba["model"][k], bb["model"][k]) for k in ba["model"])
+
+
+def start(root: Path, out: Path) -> subprocess.Popen:
+    here = str(Path(medal.__file__).parents[1])  # the medal under test, installed or not
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "medal", *map(str, args(root, out))]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(proc: subprocess.Popen, partial: Path, n: int) -> None:
+    """Until the partial folder's history.csv holds n epochs (written after the epoch's checkpoint)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        try:
+            if len((partial / "history.csv").read_text().strip().splitlines()) > n:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no {n} epochs within 300 s")
+
+
+def trained_epochs(err: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^epoch +(\d+) +loss", err, flags=re.M)]
+
+
+def test_same_seed_twice_is_identical_and_another_seed_is_not(root, reference, tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(args(root, tmp_path / "again"), capsys, monkeypatch)
+    assert code == 0, err
+    assert_identical(reference, tmp_path / "again")
+    config = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert config["seed"] == 0 and config["deterministic"] is False
+
+    code, _, err = run_cli(args(root, tmp_path / "seed1", "--seed", "1"), capsys, monkeypatch)
+    assert code == 0, err
+    first = torch.load(reference / "best.pt")["model"]
+    other = torch.load(tmp_path / "seed1" / "best.pt")["model"]
+    stem = next(iter(first))  # the first convolution's weights: drawn from --seed
+    assert not torch.equal(first[stem], other[stem])
+    assert history(reference) != history(tmp_path / "seed1")
+
+
+def test_kill_9_then_resume_is_identical(root, reference, tmp_path, capsys, monkeypatch):
+    out, partial = tmp_path / "run", tmp_path / ".run.partial"
+    proc = start(root, out)
+    wait_for_epochs(proc, partial, 2)
+    proc.kill()  # SIGKILL: no handler runs, the lock and the checkpoint stay as they were
+    proc.communicate()
+    done = torch.load(partial / "checkpoint.pt")["epoch"]
+    assert 2 <= done < EPOCHS and not out.exists()
+
+    code, _, err = run_cli(args(root, out), capsys, monkeypatch)
+    assert code == 0, err
+    assert f"resuming {out} from epoch {done + 1} of {EPOCHS} ({done} epochs done)" in err
+    assert trained_epochs(err) == list(range(done + 1, EPOCHS + 1)), "only the remaining epochs are trained"
+    assert [int(row["epoch"]) for row in history(out)] == list(range(1, EPOCHS + 1))
+    assert_identical(reference, out)
+    assert not partial.exists() and not (out / "checkpoint.pt").exists() and not (out / "lock").exists()
+
+
+def test_sigterm_says_how_to_resume_and_settings_must_match(root, reference, tmp_path, capsys, monkeypatch):
+    out, partial = tmp_path / "run", tmp_path / ".run.partial"
+    proc = start(root, out)
+    wait_for_epochs(proc, partial, 1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    last = error_lines(err)[-1]
+    assert re.fullmatch(rf"interrupted at epoch (\d) of {EPOCHS}: run the same command again to resume from epoch "
+                        rf"\1 \(progress kept in {re.escape(str(partial))}\)", last), last
+    assert (partial / "checkpoint.pt").is_file() and not (partial / "lock").exists()
+
+    code, _, err = run_cli(args(root, out, "--lr", "0.01", "--seed", "3"), capsys, monkeypatch)
+    assert code == 1
+    assert error_lines(err) == [f"error: {partial} holds an interrupted run with other settings (lr 0.001 -> 0.01; "
+                                "seed 0 -> 3): run its command again to resume it, or pass --force to start over."]
+    assert (partial / "checkpoint.pt").is_file(), "a refused rerun leaves the interrupted run as it was"
+
+    code, _, err = run_cli(args(root, out), capsys, monkeypatch)
+    assert code == 0, err
+    assert_identical(reference, out)
+
+
+def test_one_process_at_a_time(root, tmp_path, capsys, monkeypatch):
+    partial = tmp_path / ".run.partial"
+    partial.mkdir()
+    holder = subprocess.Popen(  # a process holding the run's lock, as a training `medal distill` does
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(partial / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'pid 1234 on elsewhere'); print('locked', flush=True)\n"
+         "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = run_cli(args(root, tmp_path / "run"), capsys, monkeypatch)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 1
+    assert error_lines(err) == [f"error: {partial} is being trained by pid 1234 on elsewhere; wait for it to finish "
+                                "or stop it, then run the command again."]
