@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         [f"whole stage 1: run_cache_teacher (pass + linear head, {args.head_epochs} epoch(s), + logits)", f"{n:,}",
          f"{stage_s:.3f} s", f"{n / stage_s:,.0f} img/s", f"{total_bytes / n:,.0f} B ({by_array})"],
         ["cache read: train logits from Zarr to the device (distill.teacher_logits)", f"{n_train:,}",
-         f"{1e3 * load_s:.2f} ms", f"{logical_mb / load_s:,.1f} MB/s", ""],
+         f"{1e3 * load_s:.2f} ms", f"{logical_mb / load_s:,.3f} MB/s", ""],
         [f"cache read: gather {args.gather_batch} logits by index on the device", f"{args.gather_batch}",
          f"{1e6 * gather_s:.1f} us", f"{1 / gather_s:,.0f} batches/s", ""],
     ]

@@ -8,8 +8,9 @@ this subset in a few epochs (val AUC above 0.9) on a 2-core CPU. The CE baseline
 exactly as the distilled student (same student, seed, epochs, batches) with alpha=1, so the table
 compares like with like.
 
-Each stage is a function of its own, run in order by `run_demo`; a new last stage (using the
-finished runs in `DemoResult`) is one more entry in STAGES and one more call.
+Each stage is a function of its own, run in order by `run_demo`. The last one uses the distilled
+student as a user would: `medal predict` on a few bundled test images saved as PNG files, and
+`medal export` to ONNX (TorchScript where onnxruntime is not installed).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ TEACHER = "dinov2_vits14"
 STUDENT = "resnet10n_28"
 T, ALPHA = 2.0, 0.2  # the paper's best setting
 EPOCHS, IMAGE_SIZE, BATCH_SIZE = 6, 28, 32
-STAGES = ("teacher cache", "CE baseline", "distilled student", "comparison")
+STAGES = ("teacher cache", "CE baseline", "distilled student", "comparison", "the student in use")
+N_PREDICT = 4
 
 
 @dataclass
@@ -58,6 +60,8 @@ def run_demo(out: Path, weights: Path | None, epochs: int = EPOCHS, image_size: 
     result = DemoResult(cache, random_teacher, baseline, distilled)
     stage(4, "MedMNIST's official AUC/ACC")
     print(comparison(result))
+    stage(5, f"predict {N_PREDICT} bundled test images saved as PNG, then export the distilled student")
+    print(use_student(result.distilled, out))
     return result
 
 
@@ -108,4 +112,33 @@ def comparison(result: DemoResult) -> str:
                    f"{a['n_samples']['test']} test images: a difference of a few points is within seed-to-seed noise. "
                    f"The paper's comparison needs the full dataset and several seeds (`medal sweep --seeds 0:2`).")
     return (f"{table}\n\n{meaning}\n\nrun directories: {result.baseline}, {result.distilled}  "
-            f"(config.json, history.csv, history.png, best.pt, metrics.json, test_scores.npy)")
+            f"(config.json, history.csv, history.png, best.pt, metrics.json, test_scores.npy, MODEL_CARD.md)")
+
+
+def use_student(run: Path, out: Path) -> str:
+    """Stage 5: what `medal predict RUN IMAGES` and `medal export RUN` give for the distilled student."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    from medal.deploy.export import run_export
+    from medal.deploy.predict import run_predict
+
+    folder = out / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    with np.load(BUNDLED_ROOT / f"{DEMO_DATASET}.npz") as npz:
+        images, labels = npz["test_images"][:N_PREDICT], npz["test_labels"][:N_PREDICT, 0]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(folder / f"test_{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    predictions = run_predict(run, paths)
+    names = predictions.label_names
+    lines = ["| image | true label | predicted | probability |", "|---|---|---|---|"]
+    for path, label, row, guess in zip(paths, labels, predictions.scores, predictions.predicted()):
+        lines.append(f"| {path.name} | {names[int(label)]} | {guess} | {row.max():.3f} |")
+    fmt = "onnx" if importlib.util.find_spec("onnxruntime") else "torchscript"
+    exported = run_export(run, fmt, out / f"student.{fmt}")
+    return "\n".join([*lines, "", f"medal predict {run} {folder}/*.png  (the same, from the command line)",
+                      f"exported to {', '.join(map(str, exported.files))}", exported.check])

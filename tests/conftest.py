@@ -75,4 +75,4 @@ def error_lines(err: str) -> list[str]:
     finished progress bars (tqdm redraws a line with carriage returns, then clears it) and the
     plain progress lines written instead of bars when stderr is not a terminal."""
     shown = (line.rsplit("\r", 1)[-1].strip() for line in err.split("\n"))
-    return [line for line in shown if line and not line.startswith("warning: ") and not PROGRESS_LINE.match(line)]
+    return [line for line in shown if line and not line.startswith(("warning: ", "downloading ")) and not PROGRESS_LINE.match(line)]

@@ -185,6 +185,7 @@ def run_distill(cfg: DistillConfig) -> Path:
     student = build_student(cfg.student, data.num_outputs, cfg.pretrained, in_chans=in_chans)
     if cfg.deterministic and device.type == "cuda":
         deterministic_pooling(student)
+    soft = teacher_logits(caches, len(data.splits["train"].images), data.num_outputs, device)  # a damaged cache stops here
     partial = out.with_name(f".{out.name}.partial")
     config = {**asdict(cfg), "task": data.task, "size": data.size, "data_root": str(data.path.parent.resolve()),
               "data_path": str(data.path.resolve()), "data_md5": data.md5, "data_fingerprint": data.fingerprint,
@@ -205,7 +206,7 @@ def run_distill(cfg: DistillConfig) -> Path:
         trained = False
         try:
             with sigterm_raises():
-                history = train_student(cfg, student, data, caches, device, partial, world, checkpoint, resumed)
+                history = train_student(cfg, student, data, soft, device, partial, world, checkpoint, resumed)
                 trained = True
                 if world.main:
                     last = evaluate_model(student, data, cfg.image_size, device, None, config)  # the weights training ended with
@@ -240,7 +241,7 @@ def teacher_logits(caches: list[TeacherCache], n: int, outputs: int, device: tor
     return stacked[0] if len(caches) == 1 else stacked
 
 
-def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, caches: list[TeacherCache],
+def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, soft: torch.Tensor | None,
                   device: torch.device, run: Path, world: World, checkpoint: Checkpoint,
                   resumed: dict | None = None) -> list[dict]:
     """The training loop, continuing `resumed` (a checkpoint's state) when given.
@@ -259,7 +260,7 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, caches:
     prep = Preprocess(cfg.image_size, MEDMNIST_MEAN, MEDMNIST_STD, device, channels=student_channels(student),
                       interpolation=cfg.interpolation)
     step = StudentStep(model, optimizer, prep, None, torch.as_tensor(data.targets("train"), device=device),
-                       teacher_logits(caches, len(source), data.num_outputs, device), t=cfg.t, alpha=cfg.alpha,
+                       soft, t=cfg.t, alpha=cfg.alpha,
                        multi_label=data.multi_label, device=device, compile=cfg.compile)
     val_images = image_source(data.splits["val"].images, device) if world.main else None
 

@@ -43,8 +43,10 @@ def load_within_budget(path: Path, flag: str, size: int, md5: str, budget: Memor
 
 
 def plan_splits(budget: MemoryBudget, sizes: dict[str, int], store: Path) -> dict[str, bool]:
-    """split -> resident?, logging one line per split that says which path it takes and why."""
+    """split -> resident?; when any split streams, one line per split says which path it takes and why."""
     resident = budget.plan(sizes)
+    if all(resident.values()):
+        return resident  # the usual case: nothing to say
     left = budget.bytes
     for split in SPLITS:
         cost = budget.resident_cost(sizes[split])
