@@ -21,13 +21,15 @@ def test_offline_demo_compares_baseline_and_distilled(tmp_path, capsys, monkeypa
     out = tmp_path / "demo"
     code, stdout, err = run_cli(["demo", "--out", out, "--epochs", "1", "--device", "cpu"], capsys, monkeypatch)
     assert code == 0, err
-    assert "RANDOMLY INITIALISED" in err and "[4/4]" in err
+    assert "RANDOMLY INITIALISED" in err and "[5/5]" in err
 
-    rows = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| run")]
-    assert [r.split(" | ")[0] for r in rows] == ["| teacher random dinov2_vits14 + linear head",
+    rows = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith(("| run", "| image"))]
+    assert [r.split(" | ")[0] for r in rows][:3] == ["| teacher random dinov2_vits14 + linear head",
                                                  "| CE baseline resnet10n_28 (alpha=1)",
                                                  "| distilled resnet10n_28 (t=2, alpha=0.2)"]
     assert "says nothing about DINOv2" in stdout
+    assert len(rows) == 3 + 4 and "onnxruntime check: max |p_onnx - p_torch|" in stdout  # predicted PNGs, export
+    assert (out / "student.onnx").is_file() and (out / "distilled" / "MODEL_CARD.md").is_file()
 
     baseline, distilled = (json.loads((out / name / "config.json").read_text()) for name in ("ce_baseline", "distilled"))
     assert baseline["alpha"] == 1 and baseline["cache_key"] is None
