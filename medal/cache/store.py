@@ -35,7 +35,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from medal.cache.lock import CacheLock
+from medal.filelock import FileLock
 from medal.data import SPLITS
 from medal.distributed import World
 from medal.errors import MedalError
@@ -222,19 +222,25 @@ class CacheWriter:
         self.tmp = self.root / f".{key}.zarr.partial"
         self.identity, self.rebuild, self.force = identity or {}, rebuild, force
         self.resumed = False
-        self._lock = CacheLock(self.root / f".{key}.zarr.lock", key)
+        self._lock: FileLock | None = None  # taken by rank 0 on entering
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._pending: list[Future] = []
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> "CacheWriter":
         problem = None
         if self.world.main:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
-                self._lock.acquire()
+                path = self.root / f".{self.key}.zarr.lock"
+                self._lock = FileLock(path, f"cache {self.key} is being built right now by {{holder}} (lock {path}); "
+                                            f"wait for that command to finish.")
                 self.resumed = self._open_partial()
             except MedalError as exc:
-                self._lock.release()
+                self._release_lock()
                 problem = str(exc)
         problem, self.resumed = self.world.broadcast((problem, self.resumed))
         if problem:
@@ -341,6 +347,6 @@ class CacheWriter:
             elif self.tmp.exists() and isinstance(exc, KeyboardInterrupt):
                 log(f"kept {self.finished_feature_chunks()} finished feature chunks of cache {self.key} in {self.tmp}; "
                     f"the same command resumes from them.")
-            self._lock.release()
+            self._release_lock()
         if full:
             raise MedalError(f"the disk under {self.root} is full; nothing was cached (free space or pass --cache-dir).") from None

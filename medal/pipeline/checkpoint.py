@@ -22,9 +22,9 @@ import torch
 
 from medal.errors import MedalError
 from medal.io import write_torch
-from medal.runlock import LOCK
 
 CHECKPOINT = "checkpoint.pt"
+LOCK = "lock"  # medal.filelock on the partial folder: one process trains a run at a time
 
 # config.json keys that decide what a run computes. Data and teachers by content (fingerprint,
 # cache keys), not by path: a moved dataset or cache dir is still the same run. "device_type"

@@ -40,7 +40,7 @@ from medal.kd_loss import check_hyperparameters
 from medal.log import log
 from medal.metrics import evaluate_scores
 from medal.models import build_student, check_student, check_teacher
-from medal.pipeline.checkpoint import Checkpoint, run_settings
+from medal.pipeline.checkpoint import LOCK, Checkpoint, run_settings
 from medal.pipeline.evaluate import evaluate_model, predict, student_channels
 from medal.pipeline.student_step import StudentStep
 from medal.plots import plot_history
@@ -49,7 +49,7 @@ from medal.stream.budget import memory_budget
 from medal.stream.source import image_source
 from medal.tensorboard import open_scalars
 from medal.reproducible import deterministic_pooling, rng_state, seed_everything, set_deterministic, set_rng_state
-from medal.runlock import RunLock
+from medal.filelock import FileLock
 
 
 KEEP = ("best", "last")
@@ -196,7 +196,8 @@ def run_distill(cfg: DistillConfig) -> Path:
     lock = None
     if world.main:
         partial.mkdir(parents=True, exist_ok=True)
-        lock = RunLock(partial)  # a second process on the same run stops here
+        lock = FileLock(partial / LOCK, f"{partial} is being trained by {{holder}}; wait for it to finish "
+                                        f"or stop it, then run the command again.")  # one process a run
     try:
         resumed = world.broadcast(checkpoint.start(cfg.force) if world.main else None)
         if world.main:

@@ -1,9 +1,10 @@
-"""One process at a time trains a run folder.
+"""One process at a time: an exclusive flock on a file that names its holder.
 
-The lock is an flock on `FOLDER/lock`, which names its holder (host and pid) for the message
-a second process gets. The kernel drops an flock when its process ends, however it ends
-(kill -9 included), so a lock is never left stale: a rerun after a crash just takes it.
-Linux and macOS only (fcntl), like the rest of medal's multi-process code.
+Guards a run folder (`medal distill`) and a cache key (`medal cache-teacher`). The kernel drops
+an flock when its process ends, however it ends (kill -9 included), so a lock is never left
+stale: a rerun after a crash just takes it. The file holds the holder's pid and host, for the
+one-line message a second process gets. Linux and macOS only (fcntl), like the rest of medal's
+multi-process code.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from pathlib import Path
 
 from medal.errors import MedalError
 
-LOCK = "lock"
 
+class FileLock:
+    """Taken at construction (or MedalError `busy`, with {holder} filled in); release() removes the file."""
 
-class RunLock:
-    """Held from construction until release(); release() also removes the file."""
-
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / LOCK
+    def __init__(self, path: Path, busy: str):
+        self.path = Path(path)
         for _ in range(10):  # another process may remove the file between our open and flock
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -30,8 +29,7 @@ class RunLock:
             except BlockingIOError:
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                 os.close(fd)
-                raise MedalError(f"{self.path.parent} is being trained by {holder}; wait for it to finish "
-                                 f"or stop it, then run the command again.") from None
+                raise MedalError(busy.format(holder=holder)) from None
             if _same_file(fd, self.path):
                 break
             os.close(fd)  # locked a file its last holder had just removed: take the new one
