@@ -151,12 +151,14 @@ def evaluate(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="MEDAL_DATA_DIR", help="Where the imported dataset lies, if it moved since training."),
     device: str = DeviceOpt,
     as_json: bool = JsonOpt,
+    max_memory: Optional[str] = MaxMemoryOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
 ) -> None:
     """Stage 3: recompute a run's test/val AUC and ACC with medmnist's official metrics."""
     from medal.deploy.model_card import write_model_card
     from medal.pipeline.evaluate import evaluate_run, format_table
 
-    evaluate_run(run, device=device, root=root, data_dir=data_dir)
+    evaluate_run(run, device=device, root=root, data_dir=data_dir, max_memory=max_memory, caches=cache_dir)
     write_model_card(run)
     _print_metrics(run, as_json, format_table)
 
@@ -332,11 +334,13 @@ def tsne(
     out: Optional[Path] = typer.Option(None, "--out", help="PNG path (default RUN/tsne_SPLIT.png); the 2-D points go beside as .npz."),
     device: str = DeviceOpt,
     cache_dir: Optional[Path] = CacheDirOpt,
+    max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """Figure 5: t-SNE of the student's penultimate features beside the teacher's cached CLS features."""
     from medal.pipeline.figures import run_tsne
 
-    print(run_tsne(run, split=split, max_points=max_points, out=out, baseline=baseline, caches=cache_dir, device=device))
+    print(run_tsne(run, split=split, max_points=max_points, out=out, baseline=baseline, caches=cache_dir, device=device,
+                   max_memory=max_memory))
 
 
 @app.command()
@@ -345,21 +349,24 @@ def cam(
     n: int = typer.Option(8, "--n", help="How many test images (the first n)."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG path (default RUN/gradcam.png)."),
     device: str = DeviceOpt,
+    max_memory: Optional[str] = MaxMemoryOpt,
+    cache_dir: Optional[Path] = CacheDirOpt,
 ) -> None:
     """Figure 6: Grad-CAM heatmaps of the student's last stage on test images, with predicted and true labels."""
     from medal.pipeline.figures import run_cam
 
-    print(run_cam(run, n=n, out=out, device=device))
+    print(run_cam(run, n=n, out=out, device=device, max_memory=max_memory, caches=cache_dir))
 
 
 @app.command("predict")
 def predict_cmd(
     run: Path = typer.Argument(..., help="A finished run directory (from `medal distill`)."),
-    inputs: list[Path] = typer.Argument(..., help="PNG/JPEG files, folders of them (their image files by name, not subfolders), or MedMNIST-format .npz files."),
-    split: str = typer.Option("test", "--split", help="Which split of an .npz input: train, val or test."),
+    inputs: list[Path] = typer.Argument(..., help="PNG/JPEG files, folders of them (their image files by name, not subfolders), MedMNIST-format .npz files, or medal dataset stores (.zarr, streamed)."),
+    split: str = typer.Option("test", "--split", help="Which split of an .npz or .zarr input: train, val or test."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the CSV (or JSON) here instead of stdout."),
     device: str = DeviceOpt,
     as_json: bool = typer.Option(False, "--json", help="A JSON list of records instead of CSV."),
+    max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """Class probabilities of a run's student for new images: CSV with input, one column per class, predicted.
 
@@ -370,7 +377,7 @@ def predict_cmd(
     from medal.io import atomic
     from medal.log import log
 
-    result = run_predict(run, inputs, split=split, device=device)
+    result = run_predict(run, inputs, split=split, device=device, max_memory=max_memory)
     text = result.to_json() if as_json else result.to_csv()
     if out is None:
         sys.stdout.write(text)

@@ -125,6 +125,22 @@ def test_image_folder_end_to_end(tmp_path, vits_weights, capsys, monkeypatch):
     assert scores.shape == (9, 3)
     assert result["test"]["auc"] == pytest.approx(getAUC(labels, scores, "multi-class"))
 
+    # predict: the store's test split (streamed) and the source's test images (decoded and resized as the
+    # import did) both give back test_scores.npy; export checks itself on the store's test images.
+    for inputs in ([path], [source / "test" / name for name in attrs["label_names"]]):
+        code, out, err = run_cli(["predict", result["run"], *inputs, "--json", "--device", "cpu"], capsys, monkeypatch)
+        assert code == 0, err
+        records = json.loads(out)
+        assert [r["predicted"] for r in records] == [attrs["label_names"][i] for i in scores.argmax(1)]
+        np.testing.assert_array_equal(np.array([[r[n] for n in attrs["label_names"]] for r in records], np.float32),
+                                      scores)
+    assert records[0]["input"].endswith("benign/img0.jpg")
+    code, out, err = run_cli(["predict", result["run"], path, "--split", "train", "--device", "cpu"], capsys, monkeypatch)
+    assert code == 0 and len(out.splitlines()) == 1 + 24 and f"{path}:train:23" in out, err
+    code, out, err = run_cli(["export", result["run"], "--format", "torchscript", "--out", tmp_path / "derm.pt"],
+                             capsys, monkeypatch)
+    assert code == 0 and "check: max |p_" in out + err, err
+
     # Same bytes twice: the import is reproducible, and the stale-cache check sees a changed dataset.
     code, _, err = import_cli([source, "--name", "derm", "--size", "28"], capsys, monkeypatch)
     assert code == 1 and "already exists" in error_lines(err)[0]

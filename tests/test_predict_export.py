@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+import zarr
 import timm
 import torch
 from PIL import Image
@@ -178,6 +179,8 @@ BAD = {
     "folder without images": (["predict", "{colour}", "{tmp}/empty"], "holds no images"),
     "unfinished run": (["predict", "{tmp}/unfinished", "{tmp}/junk.png"], "not a finished medal run"),
     "npz without the split": (["predict", "{colour}", "{tmp}/test_only.npz", "--split", "train"], "has no train_images"),
+    "not a dataset store": (["predict", "{colour}", "{tmp}/empty.zarr"], "is not a medal dataset store"),
+    "store without the split": (["predict", "{colour}", "{tmp}/test_only.zarr", "--split", "val"], "has no val split"),
     "unknown format": (["export", "{colour}", "--format", "tflite", "--out", "{tmp}/x"], "--format must be one of"),
     "export of an unfinished run": (["export", "{tmp}/unfinished", "--format", "onnx", "--out", "{tmp}/x.onnx"],
                                     "not a finished medal run"),
@@ -188,6 +191,8 @@ BAD = {
 def test_bad_input(name, runs, tmp_path, capsys, monkeypatch):
     (tmp_path / "junk.png").write_bytes(b"not a png")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.zarr").mkdir()
+    zarr.create_array(tmp_path / "test_only.zarr" / "test" / "images", shape=(2, 28, 28, 3), dtype="uint8")
     (tmp_path / "unfinished").mkdir()
     shutil.copy(runs["colour"] / "config.json", tmp_path / "unfinished")
     np.savez(tmp_path / "test_only.npz", test_images=np.zeros((2, 28, 28, 3), np.uint8))

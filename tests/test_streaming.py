@@ -89,6 +89,18 @@ def test_streamed_run_is_bit_identical(blood_root, vits_weights, tmp_path, capsy
     assert kept[0]["epoch"] == kept[1]["epoch"]
     assert all(torch.equal(a, kept[1]["model"][k]) for k, a in kept[0]["model"].items())
 
+    # The later stages take the same budget: evaluate streams and gives the same scores; the figures
+    # read only their subset of a streamed split.
+    scores = (resident / "test_scores.npy").read_bytes()
+    code, out, err = run_cli(["evaluate", resident, "--max-memory", "1K", "--cache-dir", cache, "--json",
+                              "--device", "cpu"], capsys, monkeypatch)
+    assert code == 0 and "test: " in err and "of images, streamed from" in err, err
+    assert json.loads(out)["test"] == metrics[0]["test"] and (resident / "test_scores.npy").read_bytes() == scores
+    for command in (["tsne", resident, "--max-points", "12"], ["cam", resident, "--n", "4"]):
+        code, out, err = run_cli([*command, "--max-memory", "1K", "--cache-dir", cache, "--device", "cpu"],
+                                 capsys, monkeypatch)
+        assert code == 0 and "of images, streamed from" in err and Path(out.strip()).is_file(), err
+
 
 def test_bad_max_memory(blood_root, tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["distill", "--dataset", "bloodmnist", "--root", blood_root, "--alpha", "1",

@@ -28,7 +28,7 @@ from torch import nn
 
 import medal
 from medal.data import npz_name
-from medal.deploy.inputs import Converter, read_npz
+from medal.deploy.inputs import Converter, read_npz, read_store
 from medal.deploy.student import Student, load_student, preprocessing
 from medal.errors import MedalError
 from medal.images import to_device
@@ -78,12 +78,19 @@ def metadata(student: Student, graph: bool) -> dict:
 
 def check_images(student: Student, root: Path | None) -> np.ndarray:
     """The run's first test images, native: the real batch every export is checked on."""
+    convert = Converter(student.size, student.facts.channels, student.facts.name)
+    stored = student.config.get("data_path")
+    if stored and Path(stored).suffix == ".zarr":  # an imported dataset
+        path = Path(root) / Path(stored).name if root else Path(stored)
+        if not path.is_dir():
+            raise MedalError(f"the export is checked on the run's test images, but {path} is missing; "
+                             f"pass --root DIR where {path.name} lies.")
+        return np.asarray(read_store(path, "test", convert, 0).parts[0][:CHECK_IMAGES])
     path = Path(root or student.config["data_root"]) / npz_name(student.facts.name, student.size)
     if not path.is_file():
         raise MedalError(f"the export is checked on the run's test images, but {path} is missing; "
                          f"pass --root DIR where {path.name} lies.")
-    convert = Converter(student.size, student.facts.channels, student.facts.name)
-    return read_npz(path, "test", convert).array[:CHECK_IMAGES]
+    return read_npz(path, "test", convert).parts[0][:CHECK_IMAGES]
 
 
 def compare(kind: str, name: str, got: np.ndarray, expected: np.ndarray) -> str:

@@ -1,4 +1,5 @@
-"""New images for a student: PNG/JPEG files, folders of them, or a MedMNIST-format .npz.
+"""New images for a student: PNG/JPEG files, folders of them, a MedMNIST-format .npz, or a split
+of a medal dataset store (`medal import-dataset`'s .zarr), which is streamed, not loaded.
 
 Every image is brought to what the student's training images were before medal's own
 preprocessing: the dataset's native size (e.g. 28x28, Pillow's bicubic filter, antialiased
@@ -18,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medal.errors import MedalError
 from medal.log import log
+from medal.stream.store import StoredImages
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GRAY_MODES = ("L", "LA", "1")  # anything else Pillow opens is made RGB
@@ -25,8 +27,8 @@ GRAY_MODES = ("L", "LA", "1")  # anything else Pillow opens is made RGB
 
 @dataclass
 class Images:
-    names: list[str]  # one per image: the file, or NPZ:SPLIT:INDEX
-    array: np.ndarray  # (N, size, size, channels) uint8
+    names: list[str]  # one per image: the file, or NPZ:SPLIT:INDEX / STORE:SPLIT:INDEX
+    parts: list[np.ndarray | StoredImages]  # (N, size, size, channels) uint8 each, in order; a stored part streams
 
 
 class Converter:
@@ -98,7 +100,24 @@ def read_npz(path: Path, split: str, convert: Converter) -> Images:
         images = images[..., None]
     native = images.shape[1:] == (convert.size, convert.size, convert.channels)
     array = np.ascontiguousarray(images) if native else np.stack([convert(image) for image in images])
-    return Images([f"{path}:{split}:{i}" for i in range(len(images))], array)
+    return Images([f"{path}:{split}:{i}" for i in range(len(images))], [array])
+
+
+def read_store(path: Path, split: str, convert: Converter, budget_bytes: int) -> Images:
+    """One split of a medal dataset store: streamed as it is when native, else read a block at a time and converted."""
+    array_dir = path / split / "images"
+    if not (array_dir / "zarr.json").is_file():
+        held = sorted(p.parent.name for p in path.glob("*/images/zarr.json"))
+        if not held:
+            raise MedalError(f"{path} is not a medal dataset store (no */images arrays); make one with `medal import-dataset`.")
+        raise MedalError(f"{path} has no {split} split (it holds {', '.join(held)}); pick one with --split.")
+    stored = StoredImages(array_dir, budget_bytes)
+    if stored.dtype != np.uint8 or len(stored.row_shape) != 3:
+        raise MedalError(f"{array_dir} must hold uint8 (N, H, W, C) images, got {stored.dtype} {stored.shape}.")
+    names = [f"{path}:{split}:{i}" for i in range(len(stored))]
+    if stored.row_shape == (convert.size, convert.size, convert.channels):
+        return Images(names, [stored])
+    return Images(names, [np.stack([convert(image) for block in stored.blocks() for image in block])])
 
 
 def folder_images(folder: Path) -> list[Path]:
@@ -109,27 +128,39 @@ def folder_images(folder: Path) -> list[Path]:
     return files
 
 
-def read_inputs(paths: list[Path], split: str, size: int, channels: int, dataset: str) -> Images:
-    """Every input, in the order given (a folder's files by name), at native size and channels."""
+def read_inputs(paths: list[Path], split: str, size: int, channels: int, dataset: str, budget_bytes: int = 0) -> Images:
+    """Every input, in the order given (a folder's files by name), at native size and channels.
+
+    Consecutive in-memory inputs are joined into one part (one batch sequence, as `evaluate` runs);
+    a native .zarr split stays a part of its own, read batch by batch within `budget_bytes`.
+    """
     convert = Converter(size, channels, dataset)
     names: list[str] = []
-    arrays: list[np.ndarray] = []
+    parts: list[np.ndarray | StoredImages] = []
+    pending: list[np.ndarray] = []
     for path in map(Path, paths):
         if not path.exists():
             raise MedalError(f"input {path} does not exist.")
-        if path.is_dir():
+        if path.is_dir() and path.suffix.lower() == ".zarr":
+            images = read_store(path, split, convert, budget_bytes)
+        elif path.is_dir():
             files = folder_images(path)
-            names += map(str, files)
-            arrays.append(np.stack([read_image(f, convert) for f in files]))
+            images = Images(list(map(str, files)), [np.stack([read_image(f, convert) for f in files])])
         elif path.suffix.lower() == ".npz":
             images = read_npz(path, split, convert)
-            names += images.names
-            arrays.append(images.array)
         else:
-            names.append(str(path))
-            arrays.append(read_image(path, convert)[None])
+            images = Images([str(path)], [read_image(path, convert)[None]])
+        names += images.names
+        for part in images.parts:
+            if isinstance(part, np.ndarray):
+                pending.append(part)
+            else:
+                parts += [np.concatenate(pending)] if pending else []
+                parts.append(part)
+                pending = []
+    parts += [np.concatenate(pending)] if pending else []
     for line in convert.notices():
         log(line)
     if not names:
         raise MedalError("the inputs hold no images.")
-    return Images(names, np.concatenate(arrays))
+    return Images(names, parts)

@@ -17,9 +17,11 @@ import numpy as np
 from medal.data import MULTI_LABEL
 from medal.deploy.inputs import read_inputs
 from medal.deploy.student import load_student
+from medal.cache.store import cache_dir
 from medal.device import resolve_device
-from medal.images import to_device
 from medal.pipeline.evaluate import predict
+from medal.stream.budget import memory_budget
+from medal.stream.source import image_source
 
 THRESHOLD = 0.5  # a multi-label prediction names every label at or above it (medmnist's ACC does the same)
 
@@ -54,10 +56,14 @@ class Predictions:
         return json.dumps(self.records(), indent=2) + "\n"
 
 
-def run_predict(run: Path, inputs: list[Path], split: str = "test", device: str = "auto") -> Predictions:
+def run_predict(run: Path, inputs: list[Path], split: str = "test", device: str = "auto",
+                max_memory: str | None = None) -> Predictions:
+    """Probabilities for every input image; a .zarr split is streamed (prefetch held within `max_memory`)."""
     dev = resolve_device(device)
     student = load_student(run, dev)
-    images = read_inputs(inputs, split, student.size, student.facts.channels, student.facts.name)
+    budget = memory_budget(max_memory, dev, cache_dir() / "streams")
+    images = read_inputs(inputs, split, student.size, student.facts.channels, student.facts.name, budget.bytes)
     task = student.config["task"]
-    scores = predict(student.model, to_device(images.array, dev), student.prep, task, dev)
+    scores = np.concatenate([predict(student.model, image_source(part, dev), student.prep, task, dev)
+                             for part in images.parts])
     return Predictions(images.names, student.facts.label_names, scores, task)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medal.cache.store import cache_dir
 from medal.datasets.base import Dataset
 from medal.datasets.resolve import resolve_dataset
 from medal.device import autocast, resolve_device
@@ -22,6 +23,7 @@ from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
 from medal.io import read_json, write_json, write_npy
 from medal.metrics import evaluate_scores, scores_from_logits
 from medal.models import build_student
+from medal.stream.budget import memory_budget
 from medal.stream.source import ResidentImages, StreamedImages, image_source
 
 
@@ -69,8 +71,12 @@ class LoadedRun:
 
 
 def load_run(run: Path, device: torch.device, root: Path | None = None, data: Dataset | None = None,
-             data_dir: Path | None = None) -> LoadedRun:
-    """A finished run's student (eval mode, on `device`) and the data it was trained on."""
+             data_dir: Path | None = None, max_memory: str | None = None, caches: Path | None = None) -> LoadedRun:
+    """A finished run's student (eval mode, on `device`) and the data it was trained on.
+
+    The data is loaded under the same `--max-memory` budget as `distill`'s: splits that do not fit
+    are read from a store batch by batch (a MedMNIST .npz is converted once, under `caches`/streams).
+    """
     run = Path(run)
     for name in ("config.json", "best.pt"):
         if not (run / name).is_file():
@@ -78,7 +84,8 @@ def load_run(run: Path, device: torch.device, root: Path | None = None, data: Da
     config = read_json(run / "config.json")
     if data is None:
         recorded = Path(config["data_root"])  # the MedMNIST directory, or the data dir holding <name>.zarr
-        data = resolve_dataset(config["dataset"], root or recorded, config["size"], data_dir or recorded)
+        budget = memory_budget(max_memory, device, cache_dir(caches) / "streams")
+        data = resolve_dataset(config["dataset"], root or recorded, config["size"], data_dir or recorded, budget=budget)
     if data.fingerprint != config["data_fingerprint"]:
         raise MedalError(f"the data in {data.path} is not the data {run} was trained on (fingerprint differs).")
     model = build_student(config["student"], data.num_outputs, in_chans=config.get("in_chans", 3))
@@ -88,10 +95,11 @@ def load_run(run: Path, device: torch.device, root: Path | None = None, data: Da
     return LoadedRun(run, config, data, model.to(device).eval(), prep)
 
 
-def evaluate_run(run: Path, device: str = "auto", root: Path | None = None, data_dir: Path | None = None) -> dict:
+def evaluate_run(run: Path, device: str = "auto", root: Path | None = None, data_dir: Path | None = None,
+                 max_memory: str | None = None, caches: Path | None = None) -> dict:
     """Recompute a finished run's metrics from its best.pt."""
     dev = resolve_device(device)
-    loaded = load_run(run, dev, root, data_dir=data_dir)
+    loaded = load_run(run, dev, root, data_dir=data_dir, max_memory=max_memory, caches=caches)
     return evaluate_model(loaded.model, loaded.data, loaded.config["image_size"], dev, loaded.path, loaded.config)
 
 

@@ -61,14 +61,15 @@ def embed(features: np.ndarray) -> np.ndarray:
 
 
 def run_tsne(run: Path, split: str = "test", max_points: int = 2000, out: Path | None = None,
-             baseline: Path | None = None, caches: Path | None = None, device: str = "auto") -> Path:
+             baseline: Path | None = None, caches: Path | None = None, device: str = "auto",
+             max_memory: str | None = None) -> Path:
     """Figure 5: t-SNE of the student's (and teacher's, and a CE baseline's) features, coloured by class."""
     if split not in ("train", "val", "test"):
         raise MedalError(f"--split must be train, val or test, got {split!r}.")
     if max_points < 5:
         raise MedalError(f"--max-points must be at least 5, got {max_points}.")
     dev = resolve_device(device)
-    loaded = load_run(run, dev)
+    loaded = load_run(run, dev, max_memory=max_memory, caches=caches)  # a streamed split: only the subset is read
     others = load_run(baseline, dev, data=loaded.data) if baseline else None
     n = len(loaded.data.splits[split].labels)
     index = np.sort(np.random.default_rng(0).choice(n, min(n, max_points), replace=False))
@@ -151,12 +152,13 @@ def label_text(data: Dataset, values: np.ndarray) -> str:
     return names[int(values[0])][:24]
 
 
-def run_cam(run: Path, n: int = 8, out: Path | None = None, device: str = "auto") -> Path:
+def run_cam(run: Path, n: int = 8, out: Path | None = None, device: str = "auto", max_memory: str | None = None,
+            caches: Path | None = None) -> Path:
     """Figure 6: Grad-CAM of the student's last stage over the first n test images, image beside overlay."""
     if n < 1:
         raise MedalError(f"--n must be at least 1, got {n}.")
     dev = resolve_device(device)
-    loaded = load_run(run, dev)
+    loaded = load_run(run, dev, max_memory=max_memory, caches=caches)  # a streamed test split: n images read
     test = loaded.data.splits["test"]
     n = min(n, len(test.labels))
     images = to_device(test.images[:n], dev)
