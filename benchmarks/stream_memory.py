@@ -4,8 +4,8 @@ For each size, a generated `bloodmnist_64.npz` of that many MB of 64 px images (
 = 1 : 2 : 3) is trained on for one epoch (tiny student, 16 px input) in a child process, once with
 --max-memory BUDGET (every split streams) and once with a budget it all fits (resident). The child's
 peak RSS comes from getrusage in a fresh parent, so no earlier child counts. Streamed, the peak
-should stay flat as the data grows; resident, it grows by about twice the data (the CPU path keeps
-the array and its channels-first copy).
+should stay flat as the data grows; resident, it grows with the data (measured: about once the data,
+though the budget counts a resident CPU split twice, for the array and its channels-first copy).
 
     python benchmarks/stream_memory.py [--sizes 25,50,100] [--budget 20M] [--quick] [--append benchmarks/RESULTS.md]
 """
