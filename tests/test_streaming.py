@@ -111,8 +111,9 @@ def test_bad_max_memory(blood_root, tmp_path, capsys, monkeypatch):
 
 # Slack: the streamed path's floor (prefetch depth 1: up to 3 evaluation batches of 512 images, 6 MB each at 64 px,
 # and their channels-first copies, which is over this small budget), allocator arenas of the reading thread, and
-# run-to-run noise of the baseline. Measured: +56 MB over the baseline at this budget; resident would be +150 MB.
-BUDGET_MB, SLACK_MB = 20, 48
+# run-to-run noise of the baseline (+-20 MB). Measured: +56 and +37 MB over the baseline at this budget; resident
+# would be +150 MB, well above the limit.
+BUDGET_MB, SLACK_MB = 20, 64
 
 
 def make_large_npz(root: Path, n: dict[str, int], size: int = 64) -> Path:
