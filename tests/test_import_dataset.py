@@ -176,6 +176,18 @@ def test_csv_multi_label_end_to_end(tmp_path, vits_weights, capsys, monkeypatch)
     assert result["test"]["auc"] == pytest.approx(getAUC(labels, scores, "multi-label, binary-class"))
     assert result["test"]["acc"] == pytest.approx(getACC(labels, scores, "multi-label, binary-class"))
 
+    # sweep over the imported dataset, then report: its rows sit beside no published number
+    runs = tmp_path / "sweep"
+    code, out, err = run_cli(["sweep", "--dataset", "xray", "--data-dir", data_dir, "--cache-dir", tmp_path / "cache",
+                              "--t", "1,2", "--alpha", "0.5", "--runs-dir", runs, *STUDENT_ARGS], capsys, monkeypatch)
+    assert code == 0, err
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == [
+        "xray_resnet18_28_dinov2_vits14_t1_a0.5_s0", "xray_resnet18_28_dinov2_vits14_t2_a0.5_s0"]
+    code, out, err = run_cli(["report", "--runs", runs, "--cache-dir", tmp_path / "cache", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    report = json.loads(out)
+    assert [(r["dataset"], r["t"]) for r in report["table4"]] == [("xray", 1.0), ("xray", 2.0)], report["table4"]
+
 
 def test_csv_classes_binary_and_ordinal(tmp_path, capsys, monkeypatch):
     source = csv_set(tmp_path / "skin", ["malignant", "benign"], {"train": 6, "val": 2, "test": 2}, multi_label=False)
