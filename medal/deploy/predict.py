@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medal.cache.store import cache_dir
 from medal.data import MULTI_LABEL
 from medal.deploy.inputs import read_inputs
 from medal.deploy.student import load_student
-from medal.cache.store import cache_dir
 from medal.device import resolve_device
 from medal.pipeline.evaluate import predict
 from medal.stream.budget import memory_budget
