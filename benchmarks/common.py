@@ -24,8 +24,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # medal, when it is not installed
-from medal.device import resolve_device  # noqa: E402
-from medal.models import load_teacher, save_random_teacher  # noqa: E402
+from medal.models.teachers import load_teacher, save_random_teacher  # noqa: E402
+from medal.runtime.device import resolve_device  # noqa: E402
 
 RESULTS_TITLE = "# Benchmark results\n\nMeasured figures; every table says where and when it was measured.\n"
 NUM_CLASSES = 8  # BloodMNIST's, the bundled dataset

@@ -2,7 +2,7 @@
 
 Triton ships LLVM and ptxas, so the kernel compiles for sm_90 on any machine. This script
 compiles it (and backward's in-place scaling kernel) at the launch configuration
-`medal.kernels.kd_triton` would use and reports, per task kind, dtype and width: the widest
+`medal.losses.kd_triton` would use and reports, per task kind, dtype and width: the widest
 global load and store (16 bytes means vector accesses), registers per thread and stack bytes
 (non-zero means spills), and the SASS instructions a thread runs (the kernel has no loop at
 one column tile), which bound how fast a kernel can issue when bytes are not the limit. On
@@ -29,7 +29,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import report, table  # noqa: E402
 
-from medal.kernels import kd_triton  # noqa: E402
+from medal.losses import kd_triton  # noqa: E402
 
 SM90 = GPUTarget("cuda", 90, 32)
 DTYPES = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}

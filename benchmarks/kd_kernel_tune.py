@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import device_ms, report, table  # noqa: E402
 from kd_loss import ALPHA, T, bytes_moved, time_cpu  # noqa: E402
 
-from medal.kernels import kd_triton  # noqa: E402
+from medal.losses import kd_triton  # noqa: E402
 
 MIN_TILE, MAX_TILE = 512, 8192
 ELEMS_PER_THREAD = (4, 8, 16, 32)

@@ -1,8 +1,8 @@
 """Forward+backward time, achieved bandwidth and peak memory of the distillation loss.
 
 Implementations (multi-class loss, alpha = 0.5, t = 2):
-  triton   medal.kernels.kd_triton.kd_loss_triton (fused: one read, gradient saved in forward)
-  eager    medal.kd_loss.kd_loss_torch (log_softmax + kl_div + cross_entropy)
+  triton   medal.losses.kd_triton.kd_loss_triton (fused: one read, gradient saved in forward)
+  eager    medal.losses.kd_loss.kd_loss_torch (log_softmax + kl_div + cross_entropy)
   compiled torch.compile(kd_loss_torch)
   liger    Liger-Kernel: (1-alpha) t^2 LigerKLDIVLoss(log_softmax(s/t), log_softmax(z_t/t)) + alpha LigerCrossEntropyLoss
            (its KL takes log-probabilities, so the two log_softmaxes stay in torch)
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import device_ms, results_header  # noqa: E402
 
-from medal.kd_loss import kd_loss_torch  # noqa: E402
+from medal.losses.kd_loss import kd_loss_torch  # noqa: E402
 
 T, ALPHA = 2.0, 0.5
 
@@ -53,7 +53,7 @@ def make_impls(cuda: bool) -> dict[str, Callable | str]:
     impls: dict[str, Callable | str] = {}
     if cuda:
         try:
-            from medal.kernels.kd_triton import kd_loss_triton
+            from medal.losses.kd_triton import kd_loss_triton
 
             impls["triton"] = lambda s, z, y: kd_loss_triton(s, z, y, t=T, alpha=ALPHA)
         except ImportError as exc:

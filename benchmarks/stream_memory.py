@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import report, table  # also puts medal on the path
-from medal.device import resolve_device  # noqa: E402
+
+from medal.runtime.device import resolve_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64

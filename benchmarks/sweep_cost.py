@@ -26,13 +26,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 import train_step
 from common import Defaults, report, resolve_defaults, table
-from medal.data import SPLITS
-from medal.models import save_random_teacher
-from medal.pipeline.cache_teacher import CacheConfig
 from teacher_cache import make_dataset, teacher_pass
+
+from medal.data.base import SPLITS
+from medal.models.teachers import save_random_teacher
+from medal.pipeline.cache_teacher import CacheConfig
 
 DEFAULTS: Defaults = {  # (cuda, cuda --quick, cpu, cpu --quick)
     **train_step.DEFAULTS,

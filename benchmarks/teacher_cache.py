@@ -29,18 +29,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import (
+    NUM_CLASSES,
+    Defaults,
+    add_common_args,
+    count_flops,
+    dir_bytes,
+    index_batches,
+    median_seconds,
+    peak_tflops,
+    random_images,
+    report,
+    resolve_defaults,
+    roofline,
+    seconds_per_call,
+    sync,
+    table,
+)
 
-from common import (NUM_CLASSES, Defaults, add_common_args, count_flops, dir_bytes, index_batches, median_seconds,
-                    peak_tflops, random_images, report, resolve_defaults, roofline, seconds_per_call, sync, table)
 from medal.cache.store import CacheWriter, TeacherCache
-from medal.data import SPLITS, MedMNISTData, load_dataset
-from medal.device import autocast
-from medal.distributed import World
-from medal.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, to_device
-from medal.models import feature_dim, load_teacher, save_random_teacher
+from medal.data.base import SPLITS
+from medal.data.medmnist import MedMNISTData, load_dataset
+from medal.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, to_device
+from medal.models.teachers import feature_dim, load_teacher, save_random_teacher
 from medal.pipeline.cache_teacher import CacheConfig, run_cache_teacher, teacher_features
 from medal.pipeline.distill import teacher_logits
 from medal.pipeline.linear_head import HeadRecipe
+from medal.runtime.device import autocast
+from medal.runtime.distributed import World
 
 DEFAULTS: Defaults = {  # (cuda, cuda --quick, cpu, cpu --quick)
     "batch_size": (256, 256, 32, 8),  # the teacher's batch; `medal cache-teacher` uses 256
@@ -53,7 +69,7 @@ SPLIT_SHARE = {"train": 0.7, "val": 0.1, "test": 0.2}  # BloodMNIST's proportion
 
 
 def make_dataset(root: Path, n: int, seed: int) -> MedMNISTData:
-    """A BloodMNIST-shaped .npz of n random images, loaded through medal.data (it warns: not the official file)."""
+    """A BloodMNIST-shaped .npz of n random images, loaded through medal.data.medmnist (it warns: not the official file)."""
     rng = np.random.default_rng(seed)
     arrays = {}
     for split, share in SPLIT_SHARE.items():

@@ -9,12 +9,12 @@ index, fused resize + normalise on the device, bf16 autocast on CUDA, fused Adam
   (c) online  KD without a cache: the frozen DINOv2 teacher + linear head run on every batch
               (inside the timed step), then the same loss and update as (b)
   (d) stream  (b) with the images streamed: each batch's rows read from a converted store
-              (medal.stream, as `distill` does for a split beyond --max-memory) by the background
+              (medal.data.stream, as `distill` does for a split beyond --max-memory) by the background
               prefetching thread, then copied to the device
 
 (b)/(a) is what distillation costs once the teacher is cached (target <= 1.05); (c)/(b) is what
 the cache saves per training step; (d)/(b) is what streaming the images costs. Teacher weights are random (timing does not depend on them),
-written by medal.models.save_random_teacher and read back by load_teacher. FLOPs per step are
+written by medal.models.teachers.save_random_teacher and read back by load_teacher. FLOPs per step are
 counted once, eagerly, with torch.utils.flop_counter before timing, for the roofline columns.
 
     python benchmarks/train_step.py [--quick] [--compile] [--append benchmarks/RESULTS.md]
@@ -24,22 +24,36 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from common import (
+    NUM_CLASSES,
+    Defaults,
+    add_common_args,
+    count_flops,
+    index_batches,
+    peak_tflops,
+    random_images,
+    random_teacher,
+    report,
+    resolve_defaults,
+    roofline,
+    seconds_per_call,
+    table,
+)
 from torch import nn
 
-from common import (NUM_CLASSES, Defaults, add_common_args, count_flops, index_batches, peak_tflops, random_images,
-                    random_teacher, report, resolve_defaults, roofline, seconds_per_call, table)
-from medal.device import autocast
-from medal.images import IMAGENET_MEAN, IMAGENET_STD, MEDMNIST_MEAN, MEDMNIST_STD, Preprocess, to_device
-from medal.models import build_student, feature_dim
+from medal.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, MEDMNIST_MEAN, MEDMNIST_STD, Preprocess, to_device
+from medal.data.stream.source import StreamedImages
+from medal.data.stream.store import StoredImages, convert_npz
+from medal.models.students import build_student
+from medal.models.teachers import feature_dim
 from medal.pipeline.student_step import StudentStep
-from medal.stream.source import StreamedImages
-from medal.stream.store import StoredImages, convert_npz
+from medal.runtime.device import autocast
 
 MODES = {
     "ce": "(a) plain CE, no teacher",

@@ -15,8 +15,8 @@ from typing import Optional
 
 import typer
 
-from medal.errors import MedalError
-from medal.interrupt import Interrupted
+from medal.runtime.errors import MedalError
+from medal.runtime.interrupt import Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil a frozen DINOv2 teacher into a ResNet50 on MedMNIST, paying for the teacher once.")
@@ -135,7 +135,7 @@ def distill(
 
 
 def _print_metrics(run: Path, as_json: bool, format_table) -> None:
-    from medal.io import read_json
+    from medal.runtime.io import read_json
 
     metrics = read_json(run / "metrics.json")
     if as_json:
@@ -155,8 +155,8 @@ def evaluate(
     cache_dir: Optional[Path] = CacheDirOpt,
 ) -> None:
     """Stage 3: recompute a run's test/val AUC and ACC with medmnist's official metrics."""
-    from medal.deploy.model_card import write_model_card
     from medal.pipeline.evaluate import evaluate_run, format_table
+    from medal.records.model_card import write_model_card
 
     evaluate_run(run, device=device, root=root, data_dir=data_dir, max_memory=max_memory, caches=cache_dir)
     write_model_card(run)
@@ -178,8 +178,10 @@ def import_dataset(
     as_json: bool = JsonOpt,
 ) -> None:
     """Turn your own labelled images into a medal dataset that every --dataset takes."""
-    from medal.datasets.importer import ImportConfig, as_json as result_json, import_dataset as run_import, summary
-    from medal.datasets.sources import parse_fractions
+    from medal.data.imported.importer import ImportConfig, summary
+    from medal.data.imported.importer import as_json as result_json
+    from medal.data.imported.importer import import_dataset as run_import
+    from medal.data.imported.sources import parse_fractions
 
     fractions = parse_fractions(split_fractions) if split_fractions else None
     result = run_import(ImportConfig(source=source, name=name, size=size, split_fractions=fractions, seed=seed,
@@ -190,7 +192,8 @@ def import_dataset(
 @cache_app.command("ls")
 def cache_ls(cache_dir: Optional[Path] = CacheDirOpt, as_json: bool = JsonOpt) -> None:
     """List the teacher caches, with what they were computed from."""
-    from medal.cache.store import cache_dir as resolve, list_caches
+    from medal.cache.store import cache_dir as resolve
+    from medal.cache.store import list_caches
 
     caches = list_caches(resolve(cache_dir))
     if as_json:
@@ -210,7 +213,8 @@ def cache_ls(cache_dir: Optional[Path] = CacheDirOpt, as_json: bool = JsonOpt) -
 def cache_info(key: str = typer.Argument(..., help="A cache key (or unique prefix) from `medal cache ls`."),
                cache_dir: Optional[Path] = CacheDirOpt) -> None:
     """Print one cache's provenance as JSON."""
-    from medal.cache.store import cache_dir as resolve, find_cache
+    from medal.cache.store import cache_dir as resolve
+    from medal.cache.store import find_cache
 
     cache = find_cache(resolve(cache_dir), key)
     print(json.dumps({"key": cache.key, "path": str(cache.path), **cache.attrs}, indent=2))
@@ -284,7 +288,7 @@ def sweep(
     Start the same command several times (GPUs, machines sharing --runs-dir) to share the grid."""
     from medal.pipeline.distill import DistillConfig
     from medal.pipeline.evaluate import format_table
-    from medal.pipeline.sweep import SweepConfig, parse_values, run_sweep
+    from medal.study.sweep import SweepConfig, parse_values, run_sweep
 
     grid = SweepConfig(ts=parse_values(t, "--t"), alphas=parse_values(alpha, "--alpha"),
                        seeds=parse_values(seeds, "--seeds", integer=True), jobs=jobs, gpus=_gpus(gpus),
@@ -313,7 +317,7 @@ def report(
     as_json: bool = JsonOpt,
 ) -> None:
     """The paper's Table 2 and Table 4 / Figure 4, and MedMNIST v2's official benchmark, beside our finished runs."""
-    from medal.pipeline.report import run_report
+    from medal.study.report import run_report
 
     result = run_report(runs, out, cache_dir)
     if as_json:
@@ -337,7 +341,7 @@ def tsne(
     max_memory: Optional[str] = MaxMemoryOpt,
 ) -> None:
     """Figure 5: t-SNE of the student's penultimate features beside the teacher's cached CLS features."""
-    from medal.pipeline.figures import run_tsne
+    from medal.study.figures import run_tsne
 
     print(run_tsne(run, split=split, max_points=max_points, out=out, baseline=baseline, caches=cache_dir, device=device,
                    max_memory=max_memory))
@@ -353,7 +357,7 @@ def cam(
     cache_dir: Optional[Path] = CacheDirOpt,
 ) -> None:
     """Figure 6: Grad-CAM heatmaps of the student's last stage on test images, with predicted and true labels."""
-    from medal.pipeline.figures import run_cam
+    from medal.study.figures import run_cam
 
     print(run_cam(run, n=n, out=out, device=device, max_memory=max_memory, caches=cache_dir))
 
@@ -374,8 +378,8 @@ def predict_cmd(
     (colour to grayscale, or grayscale to RGB, with a notice), then preprocessed exactly as in training.
     """
     from medal.deploy.predict import run_predict
-    from medal.io import atomic
-    from medal.log import log
+    from medal.runtime.io import atomic
+    from medal.runtime.log import log
 
     result = run_predict(run, inputs, split=split, device=device, max_memory=max_memory)
     text = result.to_json() if as_json else result.to_csv()

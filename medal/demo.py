@@ -1,6 +1,6 @@
 """`medal demo`: the whole pipeline on CPU, in minutes, with no download, and a comparison to read.
 
-Data: the BloodMNIST subset bundled in medal/data (320 train / 96 val / 200 test, 8 classes).
+Data: the BloodMNIST subset bundled in medal/assets/demo (320 train / 96 val / 200 test, 8 classes).
 Teacher: DINOv2 ViT-S/14 from --weights or the hub; when neither can be had (offline), a randomly
 initialised ViT-S/14, said loudly, so the pipeline still runs end to end. Student: resnet10n_28, a
 narrow CIFAR-style ResNet-10 at the images' native 28 px, the smallest student that still learns
@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medal.cache.store import TeacherCache
-from medal.data import BUNDLED_ROOT, DEMO_DATASET
-from medal.errors import MedalError
-from medal.io import read_json
-from medal.log import log, warn
-from medal.models import save_random_teacher
+from medal.data.medmnist import BUNDLED_ROOT, DEMO_DATASET
+from medal.models.teachers import save_random_teacher
 from medal.pipeline.cache_teacher import CacheConfig, HeadRecipe, run_cache_teacher
 from medal.pipeline.distill import DistillConfig, run_distill
 from medal.pipeline.evaluate import format_table
+from medal.runtime.errors import MedalError
+from medal.runtime.io import read_json
+from medal.runtime.log import log, warn
 
 TEACHER = "dinov2_vits14"
 STUDENT = "resnet10n_28"

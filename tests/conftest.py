@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medal.models import save_random_teacher
+from medal.models.teachers import save_random_teacher
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -67,7 +67,7 @@ def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
     return code, out, err
 
 
-PROGRESS_LINE = re.compile(r"^.+: [\d,]+ \S+ in \d+\.\ds(, [\d,]+ \S+/s)?( \(.*\))?$")  # medal.progress, off a terminal
+PROGRESS_LINE = re.compile(r"^.+: [\d,]+ \S+ in \d+\.\ds(, [\d,]+ \S+/s)?( \(.*\))?$")  # medal.runtime.progress, off a terminal
 
 
 def error_lines(err: str) -> list[str]:

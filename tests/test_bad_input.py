@@ -6,7 +6,6 @@ import urllib.error
 
 import pytest
 import torchvision.datasets.utils
-
 from conftest import error_lines, run_cli
 
 

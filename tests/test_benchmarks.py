@@ -123,7 +123,7 @@ def test_kd_kernel_tune(tmp_path):
     sys.path.insert(0, str(BENCHMARKS))
     from kd_kernel_tune import candidates
 
-    from medal.kernels.kd_triton import launch_config
+    from medal.losses.kd_triton import launch_config
 
     for c in (2, 14, 1000):
         configs = candidates(c)

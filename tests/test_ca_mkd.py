@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medal.ca_mkd import ca_mkd_loss, teacher_weights
-from medal.errors import MedalError
-from medal.kd_loss import kd_loss_torch
+from medal.losses.ca_mkd import ca_mkd_loss, teacher_weights
+from medal.losses.kd_loss import kd_loss_torch
+from medal.runtime.errors import MedalError
 
 B, C = 16, 7
 

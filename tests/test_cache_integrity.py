@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
 from conftest import error_lines, make_npz, run_cli
+
 from medal.cache.store import ARRAYS, CacheWriter
 
 REPO = Path(__file__).resolve().parents[1]

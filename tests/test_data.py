@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA, make_npz
-from medal.data import BUNDLED_ROOT, fingerprint, load_dataset
-from medal.errors import MedalError
+
+from medal.data.base import fingerprint
+from medal.data.medmnist import BUNDLED_ROOT, load_dataset
+from medal.runtime.errors import MedalError
 
 
 def shared(name: str):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from conftest import run_cli
-from medal.errors import MedalError
+
 from medal.pipeline import cache_teacher
+from medal.runtime.errors import MedalError
 
 
 def test_offline_demo_compares_baseline_and_distilled(tmp_path, capsys, monkeypatch):

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import zarr
-
 from conftest import run_cli
 
 ARGS = ["--teacher", "dinov2_vits14", "--image-size", "28", "--head-epochs", "3", "--batch-size", "8",

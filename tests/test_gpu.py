@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_npz, run_cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -36,7 +35,7 @@ def cuda_cache(vits_weights, tmp_path_factory) -> Path:
 
 def test_cuda_pipeline_uses_the_triton_loss(cuda_cache, tmp_path, capsys, monkeypatch):
     cache = cuda_cache
-    import medal.kernels.kd_triton as kernel
+    import medal.losses.kd_triton as kernel
 
     calls = []
     original = kernel.kd_loss_triton

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import error_lines, run_cli
 from medmnist.evaluator import getACC, getAUC
 from PIL import Image
 
-from conftest import error_lines, run_cli
-from medal.data import fingerprint
-from medal.datasets.resolve import resolve_dataset
+from medal.data.base import fingerprint
+from medal.data.resolve import resolve_dataset
 
 TEACHER_ARGS = ["--teacher", "dinov2_vits14", "--image-size", "28", "--head-epochs", "3", "--batch-size", "32",
                 "--device", "cpu"]

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from medal.errors import MedalError
-from medal.kd_loss import kd_loss, kd_loss_torch
+from medal.losses.kd_loss import kd_loss, kd_loss_torch
+from medal.runtime.errors import MedalError
 
 TEMPERATURES = (0.5, 1.0, 2.0, 8.0)
 ALPHAS = (0.0, 0.2, 1.0)
@@ -162,7 +162,7 @@ def test_bogus_kernel_env_raises(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_backend_choice_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     """CUDA tensors go to the kernel only where Triton is installed; forcing it without says so."""
-    kd = importlib.import_module("medal.kd_loss")  # the module: `medal.kd_loss` the attribute is the function
+    kd = importlib.import_module("medal.losses.kd_loss")  # the module: `medal.losses.kd_loss` the attribute is the function
 
     cuda_like = SimpleNamespace(is_cuda=True)
     monkeypatch.delenv("MEDAL_KD_KERNEL", raising=False)

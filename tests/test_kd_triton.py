@@ -72,8 +72,8 @@ def run_cases(kind: str, device: str = "cpu", big: bool = False) -> dict:
     sys.path.insert(0, str(HERE))
     from test_kd_loss import ALPHAS, LOGIT_KINDS, TEMPERATURES, make_case, reference_kd_loss
 
-    from medal.kernels import kd_triton
-    from medal.kernels.kd_triton import KDLossFunction
+    from medal.losses import kd_triton
+    from medal.losses.kd_triton import KDLossFunction
 
     production_elems = kd_triton.ELEMS_PER_PROGRAM
 
@@ -133,7 +133,7 @@ def run_dispatch_check() -> list[str]:
     sys.path.insert(0, str(HERE))
     from test_kd_loss import make_case, reference_kd_loss
 
-    from medal.kd_loss import kd_loss
+    from medal.losses.kd_loss import kd_loss
 
     os.environ["MEDAL_KD_KERNEL"] = "triton"
     s, z_t, y = make_case("random", 5, 9, False, seed=1)
@@ -167,7 +167,7 @@ def run_scale_check(device: str = "cpu") -> list[str]:
     factor of 1, which leaves the gradient untouched."""
     import torch
 
-    from medal.kernels.kd_triton import _scale_in_place_kernel
+    from medal.losses.kd_triton import _scale_in_place_kernel
 
     problems = []
     for factor, dtype in ((2.5, torch.float32), (0.5, torch.bfloat16), (1.0, torch.float32)):
@@ -191,7 +191,7 @@ def run_tiling_check(device: str = "cpu") -> list[str]:
     from kd_kernel_tune import candidates
     from test_kd_loss import make_case, reference_kd_loss
 
-    from medal.kernels.kd_triton import kd_forward
+    from medal.losses.kd_triton import kd_forward
 
     problems = []
     for c, b in ((14, 33), (1000, 33 if device == "cuda" else 3)):  # fused reductions are slow under the interpreter
@@ -299,7 +299,7 @@ def test_kernel_matches_reference_on_cuda(kind: str) -> None:
 def test_temperature_alpha_and_batch_do_not_recompile() -> None:
     import torch
 
-    from medal.kernels import kd_triton
+    from medal.losses import kd_triton
 
     s = torch.randn(256, 1000, device="cuda", requires_grad=True)
     z_t = torch.randn(256, 1000, device="cuda")

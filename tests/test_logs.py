@@ -11,11 +11,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_cli
-from medal.data import load_dataset
-from medal.errors import MedalError
+from medal.data.medmnist import load_dataset
+from medal.runtime.errors import MedalError
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = {"train/loss", "val/auc", "val/acc", "lr", "throughput/img_per_s"}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from medal.io import write_json
+
+from medal.runtime.io import write_json
 
 # distill's config.json for a CE run with the published recipe (MedMNIST v2's maintainers' word)
 RECIPE = {"alpha": 1.0, "t": 2.0, "teacher": None, "teachers": [], "epochs": 100, "batch_size": 128, "lr": 1e-3,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from medmnist.evaluator import getACC, getAUC
 
-from medal.metrics import evaluate_scores, scores_from_logits
+from medal.pipeline.evaluate import evaluate_scores, scores_from_logits
 
 TASKS = {
     "multi-class": (6, 1),

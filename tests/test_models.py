@@ -6,7 +6,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from medal.models import TEACHERS, load_teacher
+from medal.models.teachers import TEACHERS, load_teacher
 
 
 def test_hub_pth_and_timm_safetensors_give_the_same_teacher(vits_weights, tmp_path):

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import error_lines, make_npz, run_cli
 from matplotlib.image import imread
 
-from conftest import error_lines, make_npz, run_cli
-from medal.io import write_json
-from medal.pipeline.report import Run, ablation, method_of, run_report
-from medal.pipeline.sweep import parse_values
+from medal.runtime.io import write_json
+from medal.study.report import Run, ablation, method_of, run_report
+from medal.study.sweep import parse_values
 
 TEACHER_ARGS = ["--teacher", "dinov2_vits14", "--image-size", "28", "--head-epochs", "3", "--batch-size", "32",
                 "--device", "cpu"]

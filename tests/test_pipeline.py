@@ -8,9 +8,8 @@ import json
 import numpy as np
 import pytest
 import zarr
-from medmnist.evaluator import getACC, getAUC
-
 from conftest import error_lines, make_npz, run_cli
+from medmnist.evaluator import getACC, getAUC
 
 TEACHER_ARGS = ["--teacher", "dinov2_vits14", "--image-size", "28", "--head-epochs", "4", "--batch-size", "32",
                 "--device", "cpu"]

@@ -10,12 +10,12 @@ import shutil
 
 import numpy as np
 import pytest
-import zarr
 import timm
 import torch
+import zarr
+from conftest import error_lines, make_npz, run_cli
 from PIL import Image
 
-from conftest import error_lines, make_npz, run_cli
 from medal.pipeline.distill import DistillConfig, run_distill
 
 SPLITS = {"train": 32, "val": 16, "test": 16}
@@ -155,7 +155,7 @@ def test_safetensors_export_loads_through_timm_as_documented(runs, tmp_path, cap
 
 
 def test_model_card_in_every_finished_run(runs, tmp_path):
-    from medal.deploy.model_card import write_model_card
+    from medal.records.model_card import write_model_card
 
     card = (runs["colour"] / "MODEL_CARD.md").read_text()
     metrics = json.loads((runs["colour"] / "metrics.json").read_text())

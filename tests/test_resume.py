@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import error_lines, make_npz, run_cli
 
 import medal
-from conftest import error_lines, make_npz, run_cli
 
 EPOCHS = 6
 

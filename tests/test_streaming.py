@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
-
 from conftest import error_lines, make_npz, run_cli
-from medal.data import SPLITS, fingerprint, load_dataset
-from medal.stream.budget import memory_budget, parse_memory
-from medal.stream.store import StoredImages
+
+from medal.data.base import SPLITS, fingerprint
+from medal.data.medmnist import load_dataset
+from medal.data.stream.budget import memory_budget, parse_memory
+from medal.data.stream.store import StoredImages
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_ARGS = ["--teacher", "dinov2_vits14", "--image-size", "28", "--head-epochs", "2", "--batch-size", "32",

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import error_lines, make_npz, run_cli
 from PIL import Image
 
 import medal  # noqa: F401  registers resnet18_28 and resnet50_28 with timm
-from conftest import error_lines, make_npz, run_cli
-from medal.data import BUNDLED_ROOT
-from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
+from medal.data.medmnist import BUNDLED_ROOT
+from medal.data.preprocess import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
 
 # MedMNIST v2's CIFAR-style ResNets at 3 input channels and 8 classes (MedMNIST2D/models.py)
 PARAMS = {"resnet18_28": 11_172_936, "resnet50_28": 23_516_744}

@@ -11,10 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+from conftest import make_npz, run_cli
 from tqdm import tqdm
 
-import medal.pipeline.sweep as sweep
-from conftest import make_npz, run_cli
+import medal.study.sweep as sweep
 from medal.pipeline import claims
 from medal.pipeline.distill import DistillConfig
 

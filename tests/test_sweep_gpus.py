@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import medal.pipeline.sweep as sweep
+import medal.study.sweep as sweep
 from medal.pipeline.distill import DistillConfig
 
 # A stand-in for `python -m medal distill`: records its GPU and the GPUs busy beside it, then finishes the run.

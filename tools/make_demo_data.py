@@ -24,7 +24,7 @@ def main(source: str) -> None:
     with np.load(source) as npz:
         for split, n in PER_CLASS.items():
             out[f"{split}_images"], out[f"{split}_labels"] = subset(npz[f"{split}_images"], npz[f"{split}_labels"], n, rng)
-    target = Path(__file__).resolve().parents[1] / "medal" / "data" / "bloodmnist.npz"
+    target = Path(__file__).resolve().parents[1] / "medal" / "assets" / "demo" / "bloodmnist.npz"
     np.savez_compressed(target, **out)
     print(target, {k: v.shape for k, v in out.items()})
 

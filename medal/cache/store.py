@@ -33,18 +33,16 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
 
-from medal.filelock import FileLock
-from medal.data import SPLITS
-from medal.distributed import World
-from medal.errors import MedalError
-from medal.log import log
+from medal.data.base import SPLITS
+from medal.runtime.distributed import World
+from medal.runtime.errors import MedalError
+from medal.runtime.filelock import FileLock
+from medal.runtime.log import log
+from medal.runtime.zarr_codecs import COMPRESSORS
 
 FORMAT = 2  # bump when the layout changes; older caches are then refused with a rebuild hint (2: crc32c)
 CHUNK_ROWS = 4096
-# Applied in this order on write, in reverse on read: the checksum is checked before Blosc sees the bytes.
-COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"), Crc32cCodec())
 ARRAY_CONFIG = {"write_empty_chunks": True}  # store every chunk: a missing chunk file is then damage
 ARRAYS = tuple(f"{s}/{a}" for s in SPLITS for a in ("features", "logits", "labels")) + ("head/weight", "head/bias")
 

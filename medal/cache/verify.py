@@ -13,8 +13,8 @@ from pathlib import Path
 import zarr
 
 from medal.cache.store import ARRAYS, chunk_problem, find_cache, open_cache, rebuild_command
-from medal.errors import MedalError
-from medal.progress import progress
+from medal.runtime.errors import MedalError
+from medal.runtime.progress import progress
 
 
 @dataclass

@@ -27,14 +27,13 @@ import torch
 from torch import nn
 
 import medal
-from medal.data import npz_name
+from medal.data.medmnist import npz_name
+from medal.data.preprocess import to_device
 from medal.deploy.inputs import Converter, read_npz, read_store
 from medal.deploy.student import Student, load_student, preprocessing
-from medal.errors import MedalError
-from medal.images import to_device
-from medal.io import atomic, write_json
-from medal.metrics import scores_from_logits
-from medal.pipeline.evaluate import predict
+from medal.pipeline.evaluate import predict, scores_from_logits
+from medal.runtime.errors import MedalError
+from medal.runtime.io import atomic, write_json
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 TOLERANCE, TOLERANCE_TEXT = 1e-4, "1e-4"

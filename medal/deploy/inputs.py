@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from medal.errors import MedalError
-from medal.log import log
-from medal.stream.store import StoredImages
+from medal.data.stream.store import StoredImages
+from medal.runtime.errors import MedalError
+from medal.runtime.log import log
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GRAY_MODES = ("L", "LA", "1")  # anything else Pillow opens is made RGB

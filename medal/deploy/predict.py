@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from medal.cache.store import cache_dir
-from medal.data import MULTI_LABEL
+from medal.data.base import MULTI_LABEL
+from medal.data.stream.budget import memory_budget
+from medal.data.stream.source import image_source
 from medal.deploy.inputs import read_inputs
 from medal.deploy.student import load_student
-from medal.device import resolve_device
 from medal.pipeline.evaluate import predict
-from medal.stream.budget import memory_budget
-from medal.stream.source import image_source
+from medal.runtime.device import resolve_device
 
 THRESHOLD = 0.5  # a multi-label prediction names every label at or above it (medmnist's ACC does the same)
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medal.deploy.dataset_facts import DatasetFacts, dataset_facts
-from medal.errors import MedalError
-from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
-from medal.io import read_json
-from medal.models import build_student
+from medal.data.facts import DatasetFacts, dataset_facts
+from medal.data.preprocess import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
+from medal.models.students import build_student
+from medal.runtime.errors import MedalError
+from medal.runtime.io import read_json
 
 RUN_FILES = ("config.json", "best.pt", "metrics.json")
 

@@ -18,21 +18,28 @@ from pathlib import Path
 import torch
 
 import medal
-from medal.cache.store import (CHUNK_ROWS, FORMAT, CacheWriter, TeacherCache, cache_dir, cache_key, list_caches,
-                               rebuild_command)
-from medal.data import SPLITS
-from medal.datasets.base import Dataset
-from medal.datasets.resolve import resolve_dataset
-from medal.errors import MedalError
-from medal.log import log
-from medal.progress import progress
-from medal.stream.budget import memory_budget
-from medal.device import autocast, resolve_device
-from medal.distributed import World, init_world
-from medal.images import IMAGENET_MEAN, IMAGENET_STD, Preprocess, to_device
-from medal.metrics import evaluate_scores, scores_from_logits
-from medal.models import check_teacher, check_teacher_image_size, feature_dim, load_teacher, weights_id
+from medal.cache.store import (
+    CHUNK_ROWS,
+    FORMAT,
+    CacheWriter,
+    TeacherCache,
+    cache_dir,
+    cache_key,
+    list_caches,
+    rebuild_command,
+)
+from medal.data.base import SPLITS, Dataset
+from medal.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, to_device
+from medal.data.resolve import resolve_dataset
+from medal.data.stream.budget import memory_budget
+from medal.models.teachers import check_teacher, check_teacher_image_size, feature_dim, load_teacher, weights_id
+from medal.pipeline.evaluate import evaluate_scores, scores_from_logits
 from medal.pipeline.linear_head import HeadRecipe, head_logits, train_linear_head
+from medal.runtime.device import autocast, resolve_device
+from medal.runtime.distributed import World, init_world
+from medal.runtime.errors import MedalError
+from medal.runtime.log import log
+from medal.runtime.progress import progress
 
 
 @dataclass
@@ -50,7 +57,7 @@ class CacheConfig:
     force: bool = False
     chunk_rows: int = CHUNK_ROWS
     head: HeadRecipe = field(default_factory=HeadRecipe)
-    max_memory: str | None = None  # memory for image data ("8G"); splits beyond it stream (medal.stream)
+    max_memory: str | None = None  # memory for image data ("8G"); splits beyond it stream (medal.data.stream)
 
 
 # What a feature chunk depends on: an interrupted build is resumed only when none of these changed.

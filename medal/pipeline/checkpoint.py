@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from medal.errors import MedalError
-from medal.io import write_torch
+from medal.runtime.errors import MedalError
+from medal.runtime.io import write_torch
 
 CHECKPOINT = "checkpoint.pt"
-LOCK = "lock"  # medal.filelock on the partial folder: one process trains a run at a time
+LOCK = "lock"  # medal.runtime.filelock on the partial folder: one process trains a run at a time
 
 # config.json keys that decide what a run computes. Data and teachers by content (fingerprint,
 # cache keys), not by path: a moved dataset or cache dir is still the same run. "device_type"

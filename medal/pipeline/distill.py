@@ -4,7 +4,7 @@ The paper's recipe: Adam lr 1e-3, batch 128, x0.1 at epochs 50 and 75, 100 epoch
 checkpoint with the best validation AUC kept (and, with --patience, training stopped when it
 has not improved for that many epochs). The whole split is resident on the device as uint8;
 each step gathers a batch and its cached teacher logits by index, so the teacher never runs.
-A split too large for --max-memory is streamed from a store instead, in the same order (medal.stream).
+A split too large for --max-memory is streamed from a store instead, in the same order (medal.data.stream).
 
 A run directory is built under a temporary name and renamed when complete:
 config.json, history.csv, history.png, best.pt, metrics.json, test_scores.npy, MODEL_CARD.md.
@@ -26,31 +26,36 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import medal
 from medal.cache.store import TeacherCache, cache_dir, find_cache, list_caches
-from medal.data import default_root
-from medal.datasets.base import Dataset
-from medal.datasets.resolve import dataset_name, is_path, resolve_dataset
-from medal.deploy.model_card import write_model_card
-from medal.device import resolve_device
-from medal.distributed import World, init_world
-from medal.errors import MedalError
-from medal.images import INTERPOLATIONS, MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
-from medal.interrupt import Interrupted, Terminated, exit_code, sigterm_raises
-from medal.io import write_csv, write_json, write_torch
-from medal.kd_loss import check_hyperparameters
-from medal.log import log
-from medal.metrics import evaluate_scores
-from medal.models import build_student, check_student, check_teacher
+from medal.data.base import Dataset
+from medal.data.medmnist import default_root
+from medal.data.preprocess import INTERPOLATIONS, MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
+from medal.data.resolve import dataset_name, is_path, resolve_dataset
+from medal.data.stream.budget import memory_budget
+from medal.data.stream.source import image_source
+from medal.losses.kd_loss import check_hyperparameters
+from medal.models.students import build_student, check_student
+from medal.models.teachers import check_teacher
 from medal.pipeline.checkpoint import LOCK, Checkpoint, run_settings
-from medal.pipeline.evaluate import evaluate_model, predict, student_channels
+from medal.pipeline.evaluate import evaluate_model, evaluate_scores, predict, student_channels
 from medal.pipeline.student_step import StudentStep
-from medal.plots import plot_history
-from medal.progress import progress
-from medal.stream.budget import memory_budget
-from medal.stream.source import image_source
-from medal.tensorboard import open_scalars
-from medal.reproducible import deterministic_pooling, rng_state, seed_everything, set_deterministic, set_rng_state
-from medal.filelock import FileLock
-
+from medal.records.model_card import write_model_card
+from medal.runtime.device import resolve_device
+from medal.runtime.distributed import World, init_world
+from medal.runtime.errors import MedalError
+from medal.runtime.filelock import FileLock
+from medal.runtime.interrupt import Interrupted, Terminated, exit_code, sigterm_raises
+from medal.runtime.io import write_csv, write_json, write_torch
+from medal.runtime.log import log
+from medal.runtime.plots import plot_history
+from medal.runtime.progress import progress
+from medal.runtime.reproducible import (
+    deterministic_pooling,
+    rng_state,
+    seed_everything,
+    set_deterministic,
+    set_rng_state,
+)
+from medal.runtime.tensorboard import open_scalars
 
 KEEP = ("best", "last")
 
@@ -85,7 +90,7 @@ class DistillConfig:
     device: str = "auto"
     cache_dir: Path | None = None
     force: bool = False  # replace a finished run, or start an interrupted one over
-    max_memory: str | None = None  # memory for image data ("8G"); splits beyond it stream (medal.stream)
+    max_memory: str | None = None  # memory for image data ("8G"); splits beyond it stream (medal.data.stream)
     log_dir: Path | None = None  # TensorBoard scalars (see medal/tensorboard.py)
 
     def run_name(self, dataset: str, teacher: str | None) -> str:

@@ -2,7 +2,8 @@
 
 Run at the end of every `distill`, and again on any finished run with `medal evaluate RUN`.
 The scores the metrics come from are saved as test_scores.npy (test-split order), so anyone
-can recompute them with medmnist's `getAUC`/`getACC`.
+can recompute them with medmnist's `getAUC`/`getACC`. The metrics are always computed on
+probabilities, never on raw logits (`scores_from_logits`).
 """
 
 from __future__ import annotations
@@ -12,19 +13,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from medmnist.evaluator import getACC, getAUC
 from torch import nn
 
 from medal.cache.store import cache_dir
-from medal.datasets.base import Dataset
-from medal.datasets.resolve import resolve_dataset
-from medal.device import autocast, resolve_device
-from medal.errors import MedalError
-from medal.images import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
-from medal.io import read_json, write_json, write_npy
-from medal.metrics import evaluate_scores, scores_from_logits
-from medal.models import build_student
-from medal.stream.budget import memory_budget
-from medal.stream.source import ResidentImages, StreamedImages, image_source
+from medal.data.base import MULTI_LABEL, Dataset
+from medal.data.preprocess import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
+from medal.data.resolve import resolve_dataset
+from medal.data.stream.budget import memory_budget
+from medal.data.stream.source import ResidentImages, StreamedImages, image_source
+from medal.models.students import build_student
+from medal.runtime.device import autocast, resolve_device
+from medal.runtime.errors import MedalError
+from medal.runtime.io import read_json, write_json, write_npy
+
+
+def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Softmax per sample, or a sigmoid per label for multi-label data, as medmnist's Evaluator expects."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if task == MULTI_LABEL else torch.softmax(logits, dim=1)
+
+
+def evaluate_scores(labels: np.ndarray, scores: np.ndarray, task: str) -> dict[str, float]:
+    """{"auc", "acc"} for (N, L) labels and (N, C) probabilities, by medmnist's own functions."""
+    return {"auc": float(getAUC(labels, scores, task)), "acc": float(getACC(labels, scores, task))}
 
 
 def predict(model: nn.Module, images: torch.Tensor | ResidentImages | StreamedImages, prep: Preprocess, task: str,

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from medal.progress import progress
 
-from medal.metrics import evaluate_scores, scores_from_logits
+from medal.pipeline.evaluate import evaluate_scores, scores_from_logits
+from medal.runtime.progress import progress
 
 
 @dataclass

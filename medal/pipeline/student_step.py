@@ -13,9 +13,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from medal.device import autocast
-from medal.images import Preprocess
-from medal.kd_loss import kd_loss
+from medal.data.preprocess import Preprocess
+from medal.losses.kd_loss import kd_loss
+from medal.runtime.device import autocast
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -23,7 +23,7 @@ LossFn = Callable[..., torch.Tensor]
 class StudentStep:
     """step(idx[, images]) -> detached loss; teacher logits (N, C), (K, N, C) for several teachers, or None.
 
-    `images` None: every call passes its batch (see medal.stream.source).
+    `images` None: every call passes its batch (see medal.data.stream.source).
     """
 
     def __init__(self, student: nn.Module, optimizer: torch.optim.Optimizer, prep: Preprocess, images: torch.Tensor | None,
@@ -39,7 +39,7 @@ class StudentStep:
             torch.backends.cudnn.benchmark = True  # input shapes are fixed: tune the convolutions once
         self.loss_fn: LossFn = kd_loss
         if teacher_logits is not None and teacher_logits.ndim == 3:
-            from medal.ca_mkd import ca_mkd_loss  # several teachers: confidence-aware weighting
+            from medal.losses.ca_mkd import ca_mkd_loss  # several teachers: confidence-aware weighting
 
             self.loss_fn = ca_mkd_loss
 

@@ -1,0 +1,1 @@
+"""What a finished run records about itself for people: MODEL_CARD.md."""

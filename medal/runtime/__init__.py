@@ -1,0 +1,1 @@
+"""The plumbing every stage uses: device, distributed, seeds, signals, locks, file writes, logs, progress, plots."""

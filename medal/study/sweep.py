@@ -1,0 +1,334 @@
+"""Many `distill` runs over a (t, alpha, seed) grid, against one teacher cache.
+
+Every point is an ordinary run directory named by `DistillConfig.run_name` under --runs-dir,
+so a sweep can be stopped and started again: finished points (metrics.json present) are
+skipped, and an interrupted one is left to `run_distill`, never forced. With --jobs N, N points
+train at once as separate `python -m medal distill` processes: a ResNet50 on 28 px MedMNIST
+uses a small part of one large GPU.
+
+Any number of sweep processes, on one machine or on several sharing the runs dir, can work on
+the same grid: each claims a point before it trains it (`medal.study.claims`), moves on past
+points claimed by others, waits for them at the end, and takes over claims whose process died.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+from tqdm.auto import tqdm
+
+from medal.losses.kd_loss import check_hyperparameters
+from medal.pipeline.distill import DistillConfig, prepare, run_distill
+from medal.runtime.errors import MedalError
+from medal.runtime.io import read_json, write_json
+from medal.runtime.log import log
+from medal.runtime.progress import PlainProgress, interactive, progress
+from medal.study.claims import Claim, acquire, read_holder
+
+POLL_S = 0.5  # how often running children are looked at
+WAIT_S = 1.0  # how often the grid is looked at for points finished or released by other processes
+CLAIM_TIMEOUT_S = 600.0
+
+
+def parse_values(text: str, option: str, integer: bool = False) -> list[float]:
+    """'1,2,5', '1:9' (inclusive, step 1) or '0.1:0.9:0.1', mixed freely; duplicates dropped, order kept."""
+    values: list[float] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            numbers = [float(x) for x in part.split(":")]
+        except ValueError:
+            raise MedalError(f"{option} takes numbers, lists (1,2,5) or ranges (1:9, 0.1:0.9:0.1), got {part!r}.") from None
+        if len(numbers) == 1:
+            values.append(numbers[0])
+        elif len(numbers) in (2, 3):
+            values.extend(_range(numbers, option, part))
+        else:
+            raise MedalError(f"{option} range {part!r} must be START:END or START:END:STEP.")
+    if not values:
+        raise MedalError(f"{option} needs at least one value.")
+    if integer and any(v != int(v) for v in values):
+        raise MedalError(f"{option} takes whole numbers, got {text!r}.")
+    if any(not math.isfinite(v) for v in values):
+        raise MedalError(f"{option} values must be finite numbers, got {text!r}.")
+    return list(dict.fromkeys(int(v) if integer else v for v in values))
+
+
+def _range(numbers: list[float], option: str, part: str) -> list[float]:
+    start, end, step = numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else 1.0
+    if not step > 0:
+        raise MedalError(f"{option} range {part!r} needs a positive step.")
+    if end < start:
+        raise MedalError(f"{option} range {part!r} ends before it starts.")
+    count = int(math.floor((end - start) / step + 1e-9)) + 1
+    if count > 1000:
+        raise MedalError(f"{option} range {part!r} expands to {count} values; use a larger step.")
+    return [round(start + i * step, 10) for i in range(count)]  # 0.1 + 2 * 0.1 is 0.30000000000000004
+
+
+@dataclass
+class SweepConfig:
+    ts: list[float]
+    alphas: list[float]
+    seeds: list[int]
+    base: DistillConfig  # dataset, student, recipe, paths; its t, alpha and seed are replaced per point
+    jobs: int = 1
+    gpus: tuple[str, ...] = ()  # one process per listed GPU (CUDA_VISIBLE_DEVICES), instead of --jobs
+    claim_timeout: float = CLAIM_TIMEOUT_S  # another host's claim without a heartbeat this long is taken over
+    log_dir: Path | None = None  # TensorBoard logs, LOG_DIR/<run name> per point
+
+
+@dataclass
+class Point:
+    cfg: DistillConfig
+    out: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.out / "metrics.json").is_file()
+
+    @property
+    def claim(self) -> Path:
+        return self.out.with_name(f".{self.out.name}.claim")
+
+    @property
+    def log(self) -> Path:
+        return self.out.with_name(f".{self.out.name}.log")
+
+
+def plan(sweep: SweepConfig) -> list[Point]:
+    """Validate the whole grid and resolve the teacher cache(s) once; writes nothing."""
+    if sweep.jobs < 1:
+        raise MedalError(f"--jobs must be >= 1, got {sweep.jobs}.")
+    if not sweep.claim_timeout > 0:
+        raise MedalError(f"--claim-timeout must be > 0 seconds, got {sweep.claim_timeout:g}.")
+    for t in sweep.ts:
+        for alpha in sweep.alphas:
+            check_hyperparameters(t, alpha)
+    base = replace(sweep.base, t=sweep.ts[0], alpha=min(sweep.alphas), out=None, force=False)
+    data, caches = prepare(base)  # checks dataset, cache and data fingerprint before any run starts
+    pin = {"cache_key": caches[0].key} if len(caches) == 1 else {}  # every point reads this very cache
+    base = replace(base, dataset=data.flag, **pin)
+    points: dict[Path, Point] = {}
+    for alpha in sweep.alphas:
+        for t in sweep.ts:
+            for seed in sweep.seeds:
+                cfg = replace(base, t=t, alpha=alpha, seed=seed)
+                out = Path(base.runs_dir) / cfg.run_name(data.flag, base.teacher if alpha < 1 else None)
+                log_dir = Path(sweep.log_dir) / out.name if sweep.log_dir else None
+                # never force: an interrupted point is left to `distill` to resume
+                points.setdefault(out, Point(replace(cfg, out=out, log_dir=log_dir), out))  # alpha=1 ignores t
+    return list(points.values())
+
+
+def run_sweep(sweep: SweepConfig) -> list[tuple[Path, dict]]:
+    """Train the points no other process holds until the whole grid is finished, by this process or others;
+    returns (run dir, metrics) for the whole grid and writes sweep.json."""
+    points = plan(sweep)
+    finished = sum(p.done for p in points)
+    if finished:
+        log(f"sweep: {finished} of {len(points)} runs already finished, skipped")
+    Path(sweep.base.runs_dir).mkdir(parents=True, exist_ok=True)  # where the claims go
+    bar = progress(total=len(points), initial=finished, desc="sweep", unit="run")
+    try:
+        with sigterm_as_interrupt():
+            if sweep.gpus:
+                run_parallel(points, len(sweep.gpus), bar, sweep.gpus, sweep.claim_timeout)
+            elif sweep.jobs == 1:
+                run_serial(points, bar, sweep.claim_timeout)
+            else:
+                run_parallel(points, sweep.jobs, bar, claim_timeout=sweep.claim_timeout)
+    finally:
+        bar.close()
+    results = [(p.out, read_json(p.out / "metrics.json")) for p in points]
+    runs_dir = Path(sweep.base.runs_dir)
+    write_json(runs_dir / "sweep.json", {  # every process of the grid writes the same file
+        "grid": {"t": sweep.ts, "alpha": sweep.alphas, "seed": sweep.seeds},
+        "runs": [{"run": str(run), "test": m["test"], "val": m["val"]} for run, m in results],
+    })
+    return results
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """`kill PID` and Slurm's preemption stop a sweep as Ctrl-C does: children stopped, claims released."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Grid:
+    """The sweep's points as this process sees them: finished (here or elsewhere), claimable, claimed elsewhere."""
+
+    def __init__(self, points: list[Point], bar: tqdm | PlainProgress, claim_timeout: float):
+        self.points, self.bar, self.timeout = points, bar, claim_timeout
+        self.finished = {p.out for p in points if p.done}
+        self.elsewhere: set[Path] = set()  # points already logged as claimed by another process
+        self.waiting: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return len(self.finished) == len(self.points)
+
+    def update(self) -> None:
+        """Count the points finished since the last look, by this process or another."""
+        for point in self.points:
+            if point.out not in self.finished and point.done:
+                self.finished.add(point.out)
+                self.bar.update(1)
+                if not interactive():
+                    log(f"sweep: {point.out.name} finished ({len(self.finished)} of {len(self.points)})")
+
+    def claim_next(self, here: set[Path]) -> tuple[Point, Claim] | None:
+        """The first unfinished point in grid order that no process holds, claimed for this one."""
+        for point in self.points:
+            if point.out in self.finished or point.out in here or point.done:
+                continue
+            claim = acquire(point.claim, self.timeout)
+            if claim is None:
+                if point.out not in self.elsewhere:
+                    self.elsewhere.add(point.out)
+                    log(f"sweep: {point.out.name} is claimed by {read_holder(point.claim) or 'another process'}, "
+                        f"moving on")
+                continue
+            if point.done:  # its last holder finished it between our look and our claim
+                claim.release()
+                continue
+            if claim.took_over:
+                log(f"sweep: took over {point.out.name} from {claim.took_over}")
+            return point, claim
+        return None
+
+    def wait(self) -> None:
+        """Nothing left to claim: say (once per change) which points other processes hold."""
+        pending = tuple(p.out.name for p in self.points if p.out not in self.finished)
+        if pending != self.waiting:
+            self.waiting = pending
+            shown = ", ".join(pending[:3]) + (f" and {len(pending) - 3} more" if len(pending) > 3 else "")
+            log(f"sweep: waiting for {len(pending)} point(s) claimed by other processes ({shown}); "
+                f"a claim whose heartbeat stops for {self.timeout:g}s is taken over")
+
+
+def run_serial(points: list[Point], bar: tqdm | PlainProgress, claim_timeout: float = CLAIM_TIMEOUT_S) -> None:
+    """Train claimable points one after another in this process, until every point is finished."""
+    grid = Grid(points, bar, claim_timeout)
+    while True:
+        grid.update()
+        if grid.complete:
+            return
+        got = grid.claim_next(set())
+        if got is None:
+            grid.wait()
+            time.sleep(WAIT_S)
+            continue
+        point, claim = got
+        try:
+            log(f"sweep: training {point.out.name}")
+            bar.set_postfix_str(point.out.name)
+            run_distill(point.cfg)
+        finally:  # on failure too: another process may try the point again
+            claim.release()
+
+
+def distill_command(cfg: DistillConfig) -> list[str]:
+    """The `python -m medal distill` line that trains one point in its own process."""
+    args = [sys.executable, "-m", "medal", "distill", "--dataset", cfg.dataset, "--t", repr(cfg.t),
+            "--alpha", repr(cfg.alpha), "--seed", str(cfg.seed), "--student", cfg.student, "--epochs", str(cfg.epochs),
+            "--batch-size", str(cfg.batch_size), "--lr", repr(cfg.lr), "--milestones", ",".join(map(str, cfg.milestones)),
+            "--patience", str(cfg.patience), "--image-size", str(cfg.image_size), "--device", cfg.device,
+            "--keep", cfg.keep, "--as-rgb" if cfg.as_rgb else "--no-as-rgb", "--interpolation", cfg.interpolation,
+            "--out", str(cfg.out)]  # never --force: an interrupted point resumes
+    teachers = ",".join(cfg.teachers) or None
+    for flag, value in (("--root", cfg.root), ("--data-dir", cfg.data_dir), ("--size", cfg.size),
+                        ("--cache-dir", cfg.cache_dir), ("--max-memory", cfg.max_memory),
+                        ("--cache-key", cfg.cache_key), ("--log-dir", cfg.log_dir),
+                        ("--teachers", teachers), ("--teacher", None if teachers else cfg.teacher)):
+        if value is not None:
+            args += [flag, str(value)]
+    return args + [flag for flag, on in (("--pretrained", cfg.pretrained), ("--compile", cfg.compile),
+                                         ("--deterministic", cfg.deterministic)) if on]
+
+
+@dataclass
+class Child:
+    point: Point
+    claim: Claim
+    proc: subprocess.Popen
+    slot: int
+
+
+def run_parallel(points: list[Point], jobs: int, bar: tqdm | PlainProgress, gpus: tuple[str, ...] = (),
+                 claim_timeout: float = CLAIM_TIMEOUT_S) -> None:
+    """Keep `jobs` child processes busy (each on its own GPU when `gpus` are given) until every point is
+    finished; this process holds each child's claim. After a failure start no more and name its log."""
+    grid = Grid(points, bar, claim_timeout)
+    running: dict[Path, Child] = {}
+    failed: list[str] = []
+    look_at = 0.0  # when to look at the grid again: at once after a child ended, else every WAIT_S
+    try:
+        while True:
+            if time.monotonic() >= look_at:
+                grid.update()
+                while len(running) < jobs and not failed and (got := grid.claim_next(set(running))):
+                    slot = min(set(range(jobs)) - {c.slot for c in running.values()})
+                    running[got[0].out] = start_child(*got, slot, gpus)
+                look_at = time.monotonic() + WAIT_S
+            if not running:
+                if failed or grid.complete:
+                    break
+                grid.wait()
+            time.sleep(POLL_S if running else WAIT_S)
+            for out, child in list(running.items()):
+                if child.claim.lost:  # another process trains it now
+                    child.proc.terminate()
+                    child.proc.wait()
+                elif child.proc.poll() is None:
+                    continue
+                del running[out]
+                child.claim.release()
+                look_at = 0.0
+                if child.claim.lost:
+                    log(f"sweep: stopped training {out.name}: another process took it over")
+                elif child.proc.returncode == 0:
+                    child.point.log.unlink(missing_ok=True)
+                else:
+                    failed.append(f"{out.name} (exit {child.proc.returncode}, log {child.point.log})")
+    finally:
+        for child in running.values():  # Ctrl-C, SIGTERM: stop the children before their claims go
+            child.proc.terminate()
+            child.proc.wait()
+            child.claim.release()
+    if failed:
+        raise MedalError(f"{len(failed)} sweep run(s) failed, the finished ones are kept: {'; '.join(failed)}.")
+
+
+def start_child(point: Point, claim: Claim, slot: int, gpus: tuple[str, ...]) -> Child:
+    """Start `python -m medal distill` for a claimed point, its output in `.NAME.log`."""
+    point.log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[slot]} if gpus else None
+    cfg = replace(point.cfg, device="cuda") if gpus else point.cfg
+    log(f"sweep: training {point.out.name}" + (f" on GPU {gpus[slot]}" if gpus else "") + f" (log {point.log})")
+    with open(point.log, "w") as f:
+        proc = subprocess.Popen(distill_command(cfg), stdout=f, stderr=subprocess.STDOUT, env=env)
+    claim.add_pid(proc.pid)
+    return Child(point, claim, proc, slot)
