@@ -31,6 +31,11 @@ InterpolationOpt = typer.Option("bilinear", "--interpolation", help="How images 
 KeepOpt = typer.Option("best", "--keep", help="Weights kept and evaluated: best (best val AUC: the paper, and MedMNIST v2's published numbers) or last (the last epoch: what MedMNIST's script evaluated before its 2023 fix).")
 MaxMemoryOpt = typer.Option(None, "--max-memory", help="Memory for image data, e.g. 8G or 500M (default: half the free RAM, and of the free GPU memory on CUDA); a split that does not fit is streamed from a store converted once into the cache dir.")
 DataDirOpt = typer.Option(None, "--data-dir", envvar="MEDAL_DATA_DIR", help="Where imported datasets live (default ~/.cache/medal/datasets).")
+TEACHER_SPEC_HELP = ("A DINOv2 name: dinov2_vits14 | dinov2_vitb14 (the paper's) | dinov2_vitl14 | dinov2_vitg14; any timm image "
+                     "model: a name (resnet18, convnext_small, vit_large_patch16_224) or hf-hub:ORG/NAME, local-dir:DIR, its "
+                     "pooled features cached and a linear head trained on them; or a finished medal run directory, whose "
+                     "student's logits are cached directly.")
+TeacherWeightingOpt = typer.Option("ca-mkd", "--teacher-weighting", help="Several teachers: ca-mkd (each sample weighs each teacher by its confidence on the label) or mean (the mean of the teachers' probabilities at temperature t).")
 DeterministicOpt = typer.Option(False, "--deterministic", help="Repeatable on CUDA too: deterministic algorithms only, no cuDNN autotuning (slower; CPU runs are repeatable without it).")
 
 
@@ -44,12 +49,13 @@ def _milestones(text: str) -> tuple[int, ...]:
 @app.command("cache-teacher")
 def cache_teacher(
     dataset: str = typer.Option(..., "--dataset", help="A MedMNIST 2D flag (bloodmnist, chestmnist, ...), or an imported dataset's name or .zarr path."),
-    teacher: str = typer.Option("dinov2_vitb14", "--teacher", help="dinov2_vits14 | dinov2_vitb14 (the paper's) | dinov2_vitl14 | dinov2_vitg14."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint: official torch.hub .pth or timm/HF .safetensors. Default: download via timm."),
+    teacher: str = typer.Option("dinov2_vitb14", "--teacher", help=TEACHER_SPEC_HELP),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint: DINOv2's official torch.hub .pth, or a timm/HF .safetensors or torch checkpoint (read through timm's loader). Default: download via timm. Not for a run teacher (its best.pt)."),
+    teacher_args: Optional[str] = typer.Option(None, "--teacher-args", help="timm teachers: creation arguments the model's config does not carry, KEY=VALUE,... (e.g. init_values=1e-5)."),
     root: Optional[Path] = typer.Option(None, "--root", help="Directory holding the MedMNIST .npz files (default: medmnist's ~/.medmnist)."),
     size: Optional[int] = typer.Option(None, "--size", help="Which MedMNIST file: 28 (default), 64, 128 or 224 pixels; an imported dataset has its own."),
     data_dir: Optional[Path] = DataDirOpt,
-    image_size: int = typer.Option(224, "--image-size", help="Pixels the teacher sees (multiple of 14)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Pixels the teacher sees. Default: 224 for DINOv2 (a multiple of 14), a timm model's pretrained config, a run teacher's own (not changeable)."),
     batch_size: int = typer.Option(512, "--batch-size", help="Teacher forward batch size; halved automatically on CUDA out-of-memory."),
     head_epochs: int = typer.Option(100, "--head-epochs", help="Epochs of linear-head training on the cached features."),
     chunk_rows: int = typer.Option(4096, "--chunk-rows", help="Samples per Zarr chunk (and per rank's unit of work under torchrun)."),
@@ -63,7 +69,8 @@ def cache_teacher(
     from medal.pipeline.cache_teacher import CacheConfig, HeadRecipe, run_cache_teacher
 
     head = HeadRecipe(epochs=head_epochs)
-    result = run_cache_teacher(CacheConfig(dataset=dataset, teacher=teacher, weights=weights, root=root, data_dir=data_dir, size=size,
+    result = run_cache_teacher(CacheConfig(dataset=dataset, teacher=teacher, weights=weights, teacher_args=teacher_args,
+                                           root=root, data_dir=data_dir, size=size,
                                            image_size=image_size, batch_size=batch_size, device=device,
                                            cache_dir=cache_dir, force=force, chunk_rows=chunk_rows,
                                            head=head, max_memory=max_memory))
@@ -80,7 +87,8 @@ def cache_teacher(
 
 def _head_table(attrs: dict) -> str:
     m = attrs["head_metrics"]
-    return (f"teacher {attrs['teacher']} + linear head: test AUC {m['test']['auc']:.4f} ACC {m['test']['acc']:.4f}"
+    what = "(a finished run)" if attrs.get("teacher_kind") == "run" else "+ linear head"
+    return (f"teacher {attrs['teacher']} {what}: test AUC {m['test']['auc']:.4f} ACC {m['test']['acc']:.4f}"
             f" | val AUC {m['val']['auc']:.4f} ACC {m['val']['acc']:.4f}")
 
 
@@ -92,8 +100,9 @@ def distill(
     size: Optional[int] = typer.Option(None, "--size", help="Which MedMNIST file (28, 64, 128, 224); default: the cache's, else 28."),
     t: float = typer.Option(2.0, "--t", help="Distillation temperature, > 0 (paper's best: 2)."),
     alpha: float = typer.Option(0.2, "--alpha", help="Weight of CE; 1 - alpha weighs the KL term. --alpha 1 is the plain CE baseline (no cache needed)."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="Which cached teacher, when several are cached for the dataset."),
-    teachers: Optional[str] = typer.Option(None, "--teachers", help="Several cached teachers, comma-separated: CA-MKD-style confidence-weighted distillation."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Which cached teacher (a SPEC as for cache-teacher: DINOv2 or timm name, or a run directory), when several are cached for the dataset."),
+    teachers: Optional[str] = typer.Option(None, "--teachers", help="Several cached teachers (SPECs), comma-separated: ensemble distillation, weighted by --teacher-weighting."),
+    teacher_weighting: str = TeacherWeightingOpt,
     cache_key: Optional[str] = typer.Option(None, "--cache-key", help="Exactly which cache to use (see `medal cache ls`)."),
     student: str = typer.Option("resnet50", "--student", help="timm model name of the student (resnet50, seresnet50, skresnet34, ...)."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Start the student from ImageNet weights (off in the paper)."),
@@ -123,6 +132,7 @@ def distill(
 
     names = tuple(n.strip() for n in teachers.split(",") if n.strip()) if teachers else ()
     cfg = DistillConfig(dataset=dataset, root=root, data_dir=data_dir, size=size, t=t, alpha=alpha, teacher=teacher, teachers=names,
+                        teacher_weighting=teacher_weighting,
                         cache_key=cache_key, compile=compile, student=student,
                         pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
                         milestones=_milestones(milestones), patience=patience, seed=seed, deterministic=deterministic,
@@ -257,8 +267,9 @@ def sweep(
     t: str = typer.Option("2", "--t", help="Temperatures: a list (1,2,5), a range (1:9, step 1) or START:END:STEP."),
     alpha: str = typer.Option("0.2", "--alpha", help="CE weights in [0, 1], same syntax (0.1:0.9:0.1); 1 is the CE baseline."),
     seeds: str = typer.Option("0", "--seeds", help="Seeds, same syntax (0,1,2 or 0:2)."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="Which cached teacher, when several are cached for the dataset."),
-    teachers: Optional[str] = typer.Option(None, "--teachers", help="Several cached teachers, comma-separated: CA-MKD at every point."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Which cached teacher (a SPEC: DINOv2 or timm name, or a run directory), when several are cached for the dataset."),
+    teachers: Optional[str] = typer.Option(None, "--teachers", help="Several cached teachers (SPECs), comma-separated: ensemble distillation at every point."),
+    teacher_weighting: str = TeacherWeightingOpt,
     student: str = typer.Option("resnet50", "--student", help="timm model name of the student."),
     epochs: int = typer.Option(100, "--epochs"),
     batch_size: int = typer.Option(128, "--batch-size"),
@@ -296,6 +307,7 @@ def sweep(
                        base=DistillConfig(dataset=dataset, root=root, data_dir=data_dir, size=size, teacher=teacher, student=student,
                                           epochs=epochs,
                                           teachers=tuple(n.strip() for n in (teachers or "").split(",") if n.strip()),
+                                          teacher_weighting=teacher_weighting,
                                           batch_size=batch_size, lr=lr, milestones=_milestones(milestones),
                                           patience=patience, image_size=image_size, as_rgb=as_rgb, keep=keep,
                                           interpolation=interpolation,

@@ -9,6 +9,10 @@ Layout of `<cache dir>/<key>.zarr`:
     {split}/labels      (N, L) int64     the labels they were computed against
     head/weight, head/bias               the trained linear head
 
+A run teacher's cache (`--teacher RUN_DIR`, see medal/teachers.py) holds {split}/logits and
+{split}/labels alone: the run's student is already a classifier, so there are no backbone
+features and no head.
+
 Arrays are chunked along the sample axis, Blosc/zstd-compressed, and every chunk carries a
 crc32c checksum (Zarr v3's `crc32c` codec, after Blosc), so a damaged chunk is caught when it
 is read instead of decompressing into garbage or a Blosc error. Every chunk is stored, even an
@@ -45,6 +49,12 @@ FORMAT = 2  # bump when the layout changes; older caches are then refused with a
 CHUNK_ROWS = 4096
 ARRAY_CONFIG = {"write_empty_chunks": True}  # store every chunk: a missing chunk file is then damage
 ARRAYS = tuple(f"{s}/{a}" for s in SPLITS for a in ("features", "logits", "labels")) + ("head/weight", "head/bias")
+RUN_TEACHER_ARRAYS = tuple(f"{s}/{a}" for s in SPLITS for a in ("logits", "labels"))
+
+
+def cache_arrays(attrs: dict) -> tuple[str, ...]:
+    """The arrays a cache holds: a run teacher's are its logits and labels alone."""
+    return RUN_TEACHER_ARRAYS if attrs.get("teacher_kind") == "run" else ARRAYS
 
 
 def cache_dir(path: Path | str | None = None) -> Path:
@@ -54,6 +64,8 @@ def cache_dir(path: Path | str | None = None) -> Path:
 
 
 def cache_key(dataset: str, size: int, teacher: str, image_size: int, weights_id: str) -> str:
+    """`teacher` is filename-safe (medal.teachers.teacher_label); weights_id a SHA-256 (its first 12 digits are
+    kept) or a hub tag (hashed)."""
     short = weights_id[:12] if len(weights_id) == 64 else hashlib.sha256(weights_id.encode()).hexdigest()[:12]
     return f"{dataset}_{size}_{teacher}_{image_size}_{short}"
 
@@ -66,8 +78,10 @@ def rebuild_command(attrs: dict, root: Path) -> str:
             "--teacher", attrs["teacher"], "--image-size", attrs["image_size"]]
     if "data_root" in attrs:
         args += ["--root", attrs["data_root"]]
-    if attrs.get("weights", "timm hub") != "timm hub":
+    if attrs.get("weights", "timm hub") != "timm hub" and attrs.get("teacher_kind") != "run":
         args += ["--weights", attrs["weights"]]
+    if attrs.get("teacher_args"):
+        args += ["--teacher-args", attrs["teacher_args"]]
     for flag, value in (("--head-epochs", attrs.get("head", {}).get("epochs")), ("--chunk-rows", attrs.get("chunk_rows")),
                         ("--batch-size", attrs.get("batch_size"))):
         if value is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import zarr
 
-from medal.cache.store import ARRAYS, chunk_problem, find_cache, open_cache, rebuild_command
+from medal.cache.store import cache_arrays, chunk_problem, find_cache, open_cache, rebuild_command
 from medal.runtime.errors import MedalError
 from medal.runtime.progress import progress
 
@@ -48,11 +48,11 @@ def verify_caches(root: Path, key: str | None = None) -> list[CacheCheck]:
     arrays: list[tuple[CacheCheck, str, zarr.Array | None]] = []
     for check in checks:
         try:
-            open_cache(Path(check.path))
+            cache = open_cache(Path(check.path))
         except MedalError as exc:
             check.damaged.append(Damage(None, None, str(exc)))
             continue
-        for name in ARRAYS:
+        for name in cache_arrays(cache.attrs):
             try:
                 arrays.append((check, name, zarr.open_array(Path(check.path) / name, mode="r")))
             except Exception as exc:  # metadata missing or unreadable: the array is lost as a whole

@@ -19,6 +19,8 @@ MEDMNIST_STD = (0.5, 0.5, 0.5)
 # MedMNIST's "(224)" models were trained on); "bilinear" stays in float, within one grey level of PIL's
 # BILINEAR, which rounds to uint8.
 INTERPOLATIONS = {"bilinear": "bilinear", "nearest": "nearest-exact"}
+# A timm teacher is fed as its pretrained config says, which is often bicubic (torch's, no antialias: upsampling).
+TEACHER_INTERPOLATIONS = {**INTERPOLATIONS, "bicubic": "bicubic"}
 
 
 def to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -31,13 +33,13 @@ class Preprocess:
 
     channels=3 repeats grayscale to 3 channels (the paper, and every ImageNet-shaped network);
     channels=1 keeps grayscale as it is (MedMNIST's own recipe without --as_rgb).
-    interpolation is a key of INTERPOLATIONS.
+    interpolation is a key of INTERPOLATIONS (students), or of TEACHER_INTERPOLATIONS (timm teachers).
     """
 
     def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
                  channels: int = 3, interpolation: str = "bilinear"):
         self.size, self.channels = size, channels
-        self.mode = INTERPOLATIONS[interpolation]
+        self.mode = TEACHER_INTERPOLATIONS[interpolation]
         mean_t, std_t = torch.tensor(mean[:channels], device=device), torch.tensor(std[:channels], device=device)
         self.scale = (1.0 / (255.0 * std_t)).view(1, channels, 1, 1)
         self.shift = (-mean_t / std_t).view(1, channels, 1, 1)

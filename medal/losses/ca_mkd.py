@@ -10,9 +10,14 @@ The weights are detached: they steer the student, they are not trained. This sof
 weighting equals `kd_loss_torch` when there is one teacher or all teachers agree; the original
 (1 - softmax(CE)) / (K - 1) is not defined for one teacher. CA-MKD's intermediate-feature term
 is left out: the cache holds logits and CLS features, not a CNN's feature maps.
+
+`--teacher-weighting mean` is the plain alternative: every teacher counts alike, the soft target
+being the mean of the teachers' softened probabilities (`mean_teacher_logits`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -55,3 +60,22 @@ def ca_mkd_loss(
         kl = (w * per_sample_kl(s.unsqueeze(0), teacher_logits.float(), t, multi_label)).sum(0).mean()
         loss = loss + (1 - alpha) * t * t * kl
     return loss
+
+
+def mean_teacher_logits(teacher_logits: torch.Tensor, t: float, multi_label: bool = False) -> torch.Tensor:
+    """(K, N, C) teacher logits -> (N, C) logits of the teachers' mean softened prediction (--teacher-weighting mean).
+
+    The soft target is p = mean_k softmax(z_k / t) (multi-label: mean_k sigmoid(z_k / t), per label).
+    `kd_loss` takes teacher *logits* and divides them by t itself, so this returns t * log p
+    (multi-label: t * logit p): then softmax(returned / t) = p / sum(p) = p exactly (sigmoid(returned / t)
+    = p), and the loss is alpha * CE + (1 - alpha) * t^2 * KL(p || softmax(z_s / t)) through the same
+    kd_loss, fused kernel included. Averaging logits instead would be a different (geometric) mean.
+    Computed in log space (logsumexp), so a probability that underflows gives a very negative, finite logit.
+    """
+    z = teacher_logits.detach().float() / t
+    log_k = math.log(z.shape[0])
+    if multi_label:
+        log_p = torch.logsumexp(F.logsigmoid(z), dim=0) - log_k
+        log_q = torch.logsumexp(F.logsigmoid(-z), dim=0) - log_k  # log(1 - p)
+        return t * (log_p - log_q)
+    return t * (torch.logsumexp(F.log_softmax(z, dim=-1), dim=0) - log_k)

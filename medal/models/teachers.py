@@ -57,14 +57,7 @@ def load_teacher(teacher: str, weights: Path | None, image_size: int) -> nn.Modu
         model = timm.create_model(arch, pretrained=False, **kwargs)
         load_weights(model, teacher, Path(weights))
     else:
-        if not interactive():
-            import huggingface_hub.utils
-
-            huggingface_hub.utils.disable_progress_bars()  # a download bar's frames would fill a log file
-        if not _reachable("huggingface.co"):
-            import huggingface_hub.constants
-
-            huggingface_hub.constants.HF_HUB_OFFLINE = True  # use a cached download, or fail at once, not after retries
+        prepare_hub_download()
         try:
             model = timm.create_model(arch, pretrained=True, **kwargs)
         except Exception as exc:
@@ -76,8 +69,21 @@ def load_teacher(teacher: str, weights: Path | None, image_size: int) -> nn.Modu
     return model
 
 
-def load_weights(model: nn.Module, teacher: str, weights: Path) -> None:
-    """Load a local checkpoint through timm's reader and DINOv2 filter, strictly, or say why not."""
+def prepare_hub_download() -> None:
+    """Before timm downloads weights: no bar frames in a log file, and offline at once when the hub is unreachable."""
+    if not interactive():
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.disable_progress_bars()  # a download bar's frames would fill a log file
+    if not _reachable("huggingface.co"):
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True  # use a cached download, or fail at once, not after retries
+
+
+def load_weights(model: nn.Module, teacher: str, weights: Path, filter_fn=checkpoint_filter_fn) -> None:
+    """Load a local checkpoint through timm's reader and a checkpoint filter (DINOv2's by default), strictly,
+    or say why not."""
     if not weights.is_file():
         raise MedalError(f"weights file {weights} does not exist.")
     try:
@@ -85,7 +91,7 @@ def load_weights(model: nn.Module, teacher: str, weights: Path) -> None:
     except Exception as exc:  # not a checkpoint at all: pickle, zip or safetensors header errors
         raise MedalError(f"weights {weights} could not be read as a checkpoint ({type(exc).__name__}).") from None
     try:
-        model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
+        model.load_state_dict(filter_fn(state, model), strict=True)
     except (RuntimeError, KeyError, ValueError) as exc:  # missing, unexpected or mis-shaped keys
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(exc).__name__)

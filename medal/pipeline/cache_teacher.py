@@ -1,4 +1,8 @@
-"""Stage 1: run the frozen DINOv2 teacher once over every split and cache what distillation needs.
+"""Stage 1: run the frozen teacher once over every split and cache what distillation needs.
+
+The teacher is a DINOv2 backbone, any timm model, or a finished medal run (medal/teachers.py); a
+run's student already classifies the dataset, so its logits are cached directly
+(medal/pipeline/run_teacher.py). For a backbone:
 
 The backbone's CLS features (fp16) are computed once; a linear head is trained on them with the
 paper's recipe; its raw logits (fp32, before any temperature) for every split go into the Zarr
@@ -12,7 +16,7 @@ The head and its logits take seconds and are always redone.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,25 +36,40 @@ from medal.data.base import SPLITS, Dataset
 from medal.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, to_device
 from medal.data.resolve import resolve_dataset
 from medal.data.stream.budget import memory_budget
-from medal.models.teachers import check_teacher, check_teacher_image_size, feature_dim, load_teacher, weights_id
+from medal.models.teachers import check_teacher_image_size, feature_dim, load_teacher, weights_id
 from medal.pipeline.evaluate import evaluate_scores, scores_from_logits
 from medal.pipeline.linear_head import HeadRecipe, head_logits, train_linear_head
 from medal.runtime.device import autocast, resolve_device
 from medal.runtime.distributed import World, init_world
-from medal.runtime.errors import MedalError
 from medal.runtime.log import log
 from medal.runtime.progress import progress
+from medal.teachers import (
+    check_options,
+    finished_run,
+    format_teacher_args,
+    key_weights_id,
+    load_timm_teacher,
+    model_license,
+    parse_teacher,
+    parse_teacher_args,
+    timm_output_dim,
+    timm_preprocessing,
+    timm_weights_id,
+)
+
+DINOV2_IMAGE_SIZE = 224
 
 
 @dataclass
 class CacheConfig:
     dataset: str
-    teacher: str = "dinov2_vitb14"
+    teacher: str = "dinov2_vitb14"  # a SPEC: DINOv2 name, timm name or identifier, or a finished run directory
     weights: Path | None = None
+    teacher_args: str | None = None  # timm creation arguments, KEY=VALUE,...
     root: Path | None = None
     data_dir: Path | None = None  # where imported datasets live
     size: int | None = None  # which MedMNIST file (default 28); an imported dataset has its own size
-    image_size: int = 224
+    image_size: int | None = None  # None: 224 for DINOv2, a timm model's pretrained config, a run's own
     batch_size: int = 512
     device: str = "auto"
     cache_dir: Path | None = None
@@ -76,49 +95,84 @@ def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
     Under torchrun each rank runs the backbone over its own share of the missing chunks of
     every split; rank 0 then trains the head on all features, writes the logits and renames the cache.
     """
-    check_teacher(cfg.teacher)
-    check_teacher_image_size(cfg.image_size)
-    if cfg.weights is not None and not Path(cfg.weights).is_file():
-        raise MedalError(f"weights file {cfg.weights} does not exist.")
+    spec = parse_teacher(cfg.teacher)
+    args = parse_teacher_args(cfg.teacher_args)
+    check_options(spec, cfg.weights, cfg.image_size, args)
+    if spec.kind == "dinov2":
+        check_teacher_image_size(cfg.image_size or DINOV2_IMAGE_SIZE)
+    elif spec.kind == "run":
+        finished_run(Path(spec.name))
     world = init_world(resolve_device(cfg.device))
     device = world.device(resolve_device(cfg.device))
     budget = memory_budget(cfg.max_memory, device, cache_dir(cfg.cache_dir) / "streams")
     data = resolve_dataset(cfg.dataset, cfg.root, cfg.size, cfg.data_dir, budget=budget)
-    wid = weights_id(cfg.teacher, cfg.weights)
+    if spec.kind == "run":
+        from medal.pipeline.run_teacher import cache_run_teacher
+
+        return cache_run_teacher(cfg, spec, data, world, device)
+    teacher = None
+    if spec.kind == "dinov2":
+        cfg = replace(cfg, image_size=cfg.image_size or DINOV2_IMAGE_SIZE)
+        wid = weights_id(cfg.teacher, cfg.weights)
+        preprocessing = {"image_size": cfg.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                         "interpolation": "bilinear", "in_chans": 3}
+    else:  # timm: the model says how big its input is, so it is built before the key is known
+        teacher = load_timm_teacher(spec, cfg.weights, cfg.image_size, args)
+        preprocessing = timm_preprocessing(teacher, cfg.image_size)
+        cfg = replace(cfg, image_size=preprocessing["image_size"])
+        wid = timm_weights_id(spec, cfg.weights, teacher)
+    cfg = replace(cfg, teacher=spec.name, teacher_args=format_teacher_args(args))
     root = cache_dir(cfg.cache_dir)
-    key = cache_key(data.flag, data.size, cfg.teacher, cfg.image_size, wid)
-    existing = [c for c in list_caches(root) if c.key == key]
-    if existing and not cfg.force:
-        if existing[0].attrs.get("data_fingerprint") == data.fingerprint:
-            return CacheResult(existing[0], created=False)
-        log(f"cache {key} was computed from other data than {data.path}; recomputing it")
-    teacher = load_teacher(cfg.teacher, cfg.weights, cfg.image_size).to(device)
-    inputs = recorded_inputs(cfg, data, wid)
+    key = cache_key(data.flag, data.size, spec.label, cfg.image_size, key_weights_id(wid, cfg.teacher_args))
+    existing = up_to_date(root, key, data, cfg.force)
+    if existing is not None:
+        return CacheResult(existing, created=False)
+    if teacher is None:
+        teacher = load_teacher(cfg.teacher, cfg.weights, cfg.image_size)
+    teacher = teacher.to(device)
+    dim = feature_dim(teacher) if spec.kind == "dinov2" else timm_output_dim(teacher)
+    licence, licence_source = model_license(teacher, spec)
+    prep = Preprocess(cfg.image_size, preprocessing["mean"], preprocessing["std"], device,
+                      channels=preprocessing["in_chans"], interpolation=preprocessing["interpolation"])
+    inputs = {**recorded_inputs(cfg, data, wid), "teacher_spec": spec.spec, "teacher_kind": spec.kind,
+              "license": licence, "license_source": licence_source, "preprocessing": preprocessing}
     identity = {**{k: inputs[k] for k in RESUME_KEYS}, "device": device.type, "torch_version": torch.__version__,
                 "cache_format": FORMAT}
     rebuild = rebuild_command({**inputs, "head": asdict(cfg.head)}, root)
 
     with CacheWriter(root, key, world, identity, rebuild, force=cfg.force) as writer:
         sizes = {s: len(data.splits[s].images) for s in SPLITS}
-        done = {s: writer.create(f"{s}/features", (sizes[s], feature_dim(teacher)), "float16", chunk_rows=cfg.chunk_rows)
+        done = {s: writer.create(f"{s}/features", (sizes[s], dim), "float16", chunk_rows=cfg.chunk_rows)
                 for s in SPLITS}
         if world.main and any(done.values()):
             total = sum(-(-n // cfg.chunk_rows) for n in sizes.values())
             log(f"resuming cache {key}: {sum(map(len, done.values()))} of {total} feature chunks already computed")
         for split in SPLITS:
-            teacher_features(teacher, data, split, cfg, device, writer, world, done[split])
+            teacher_features(teacher, data, split, cfg, device, writer, world, done[split], prep)
         writer.sync()
         cache = None
         if world.main:
             features = {s: torch.as_tensor(writer.read(f"{s}/features"), device=device) for s in SPLITS}
-            cache = writer.commit(fit_head(features, data, cfg, writer, inputs, feature_dim(teacher)))
+            cache = writer.commit(fit_head(features, data, cfg, writer, inputs, dim))
         world.barrier()
     return CacheResult(cache or TeacherCache(writer.final), created=True)
 
 
+def up_to_date(root: Path, key: str, data: Dataset, force: bool) -> TeacherCache | None:
+    """The finished cache of this key when it was computed from this very data (and no --force)."""
+    existing = [c for c in list_caches(root) if c.key == key]
+    if existing and not force:
+        if existing[0].attrs.get("data_fingerprint") == data.fingerprint:
+            return existing[0]
+        log(f"cache {key} was computed from other data than {data.path}; recomputing it")
+    return None
+
+
 def teacher_features(teacher: torch.nn.Module, data: Dataset, split: str, cfg: CacheConfig,
-                     device: torch.device, writer: CacheWriter, world: World, done: set[int]) -> None:
-    """CLS features of one split's chunks not in `done`, streamed to Zarr as fp16, one whole chunk at a time.
+                     device: torch.device, writer: CacheWriter, world: World, done: set[int],
+                     prep: Preprocess | None = None) -> None:
+    """Pooled (DINOv2: CLS) features of one split's chunks not in `done`, streamed to Zarr as fp16, one whole
+    chunk at a time; `prep` defaults to DINOv2's (ImageNet mean/std, bilinear to cfg.image_size).
 
     Batches never straddle a chunk, so a sample's feature is computed in the same batch
     whatever the number of ranks and however often the run was interrupted: the cache is the
@@ -129,7 +183,7 @@ def teacher_features(teacher: torch.nn.Module, data: Dataset, split: str, cfg: C
     name = f"{split}/features"
     missing = [c for c in range(-(-n // rows)) if c not in done]  # the same list on every rank
     mine = missing[world.rank :: world.size]
-    prep = Preprocess(cfg.image_size, IMAGENET_MEAN, IMAGENET_STD, device)
+    prep = prep or Preprocess(cfg.image_size, IMAGENET_MEAN, IMAGENET_STD, device)
     bar = progress(total=sum(min(rows, n - c * rows) for c in mine), desc=f"teacher {split}", unit="img",
                    unit_scale=True, leave=False, disable=not world.main)
     with torch.inference_mode(), autocast(device):
@@ -188,6 +242,7 @@ def recorded_inputs(cfg: CacheConfig, data: Dataset, wid: str) -> dict:
         "data_fingerprint": data.fingerprint,
         "n_samples": {s: int(len(data.splits[s].labels)) for s in SPLITS},
         "teacher": cfg.teacher,
+        "teacher_args": cfg.teacher_args or "",
         "weights": str(Path(cfg.weights).resolve()) if cfg.weights else "timm hub",
         "weights_sha256": wid,
         "image_size": cfg.image_size,

@@ -35,14 +35,16 @@ LOCK = "lock"  # medal.runtime.filelock on the partial folder: one process train
 # names (the cache keys say more), and medal/torch versions (recorded in config.json).
 RUN_SETTINGS = ("dataset", "size", "data_fingerprint", "cache_keys", "t", "alpha", "student", "pretrained", "epochs",
                 "batch_size", "lr", "milestones", "patience", "seed", "image_size", "as_rgb", "in_chans", "keep", "interpolation",
-                "deterministic", "world_size", "device_type")
+                "deterministic", "world_size", "device_type", "teacher_weighting")
 
 
 def run_settings(config: dict) -> dict:
     """The settings a checkpoint is tied to, as JSON values (tuples become lists, as read back)."""
-    settings = {key: config[key] for key in RUN_SETTINGS}
+    settings = {key: config.get(key) for key in RUN_SETTINGS}
     if settings["alpha"] == 1:
         settings["t"] = None  # the plain CE baseline has no temperature (nor has its run name)
+    if settings["teacher_weighting"] == "ca-mkd" or len(settings["cache_keys"] or []) < 2 or settings["alpha"] == 1:
+        settings["teacher_weighting"] = None  # weighs only several teachers; None also matches older checkpoints
     return json.loads(json.dumps(settings, default=str))
 
 

@@ -34,7 +34,6 @@ from medal.data.stream.budget import memory_budget
 from medal.data.stream.source import image_source
 from medal.losses.kd_loss import check_hyperparameters
 from medal.models.students import build_student, check_student
-from medal.models.teachers import check_teacher
 from medal.pipeline.checkpoint import LOCK, Checkpoint, run_settings
 from medal.pipeline.evaluate import evaluate_model, evaluate_scores, predict, student_channels
 from medal.pipeline.student_step import StudentStep
@@ -56,8 +55,10 @@ from medal.runtime.reproducible import (
     set_rng_state,
 )
 from medal.runtime.tensorboard import open_scalars
+from medal.teachers import cache_matcher, parse_teacher, stale_run_cache, teacher_label
 
 KEEP = ("best", "last")
+WEIGHTINGS = ("ca-mkd", "mean")  # how several teachers' targets are combined (medal.losses.ca_mkd)
 
 
 @dataclass
@@ -68,8 +69,9 @@ class DistillConfig:
     size: int | None = None  # which MedMNIST file; default: the cache's, else 28
     t: float = 2.0
     alpha: float = 0.2
-    teacher: str | None = None
-    teachers: tuple[str, ...] = ()  # several cached teachers: CA-MKD-style weighting
+    teacher: str | None = None  # a SPEC (medal/teachers.py): DINOv2 or timm name, or a run directory
+    teachers: tuple[str, ...] = ()  # several cached teachers, weighted by teacher_weighting
+    teacher_weighting: str = "ca-mkd"  # several teachers: ca-mkd (confidence-weighted) or mean (of probabilities)
     cache_key: str | None = None
     student: str = "resnet50"
     pretrained: bool = False
@@ -97,7 +99,8 @@ class DistillConfig:
         if self.alpha == 1:
             method = "ce"
         else:
-            who = "ca-mkd_" + "+".join(self.teachers) if len(self.teachers) > 1 else teacher
+            who = (f"{self.teacher_weighting}_" + "+".join(map(teacher_label, self.teachers)) if len(self.teachers) > 1
+                   else teacher_label(teacher) if teacher else None)
             method = f"{who}_t{self.t:g}_a{self.alpha:g}"
         return f"{dataset}_{self.student}_{method}_s{self.seed}"
 
@@ -106,7 +109,9 @@ def check_config(cfg: DistillConfig) -> None:
     check_hyperparameters(cfg.t, cfg.alpha)
     for name in (cfg.teacher, *cfg.teachers):
         if name is not None:
-            check_teacher(name)
+            parse_teacher(name)
+    if cfg.teacher_weighting not in WEIGHTINGS:
+        raise MedalError(f"--teacher-weighting must be one of {', '.join(WEIGHTINGS)}, got {cfg.teacher_weighting!r}.")
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise MedalError("--epochs must be >= 1 and --batch-size >= 2.")
     check_student(cfg.student)
@@ -130,8 +135,12 @@ def select_cache(cfg: DistillConfig, teacher: str | None) -> TeacherCache:
             listed = ", ".join(datasets) if datasets else "none"
             raise MedalError(f"pass --dataset: {root} holds caches for {listed}; run `medal cache-teacher` first if none.")
         cfg.dataset = datasets[0]
-    hits = [c for c in caches if c.attrs["dataset"] == cfg.dataset and teacher in (None, c.attrs["teacher"])]
+    matches = cache_matcher(teacher) if teacher is not None else (lambda attrs: True)
+    hits = [c for c in caches if c.attrs["dataset"] == cfg.dataset and matches(c.attrs)]
     if not hits:
+        stale = stale_run_cache(teacher, [c for c in caches if c.attrs["dataset"] == cfg.dataset]) if teacher else None
+        if stale:
+            raise MedalError(stale.replace("DATASET", cfg.dataset) + ".")
         hint = f"medal cache-teacher --dataset {cfg.dataset}" + (f" --teacher {teacher}" if teacher else "")
         raise MedalError(f"no teacher cache for {cfg.dataset} in {root}; run `{hint}` first (or --alpha 1 for plain CE).")
     if len(hits) > 1:
@@ -190,7 +199,8 @@ def run_distill(cfg: DistillConfig) -> Path:
     student = build_student(cfg.student, data.num_outputs, cfg.pretrained, in_chans=in_chans)
     if cfg.deterministic and device.type == "cuda":
         deterministic_pooling(student)
-    soft = teacher_logits(caches, len(data.splits["train"].images), data.num_outputs, device)  # a damaged cache stops here
+    soft = teacher_logits(caches, len(data.splits["train"].images), data.num_outputs, device,  # a damaged cache stops here
+                          weighting=cfg.teacher_weighting, t=cfg.t, multi_label=data.multi_label)
     partial = out.with_name(f".{out.name}.partial")
     config = {**asdict(cfg), "task": data.task, "size": data.size, "data_root": str(data.path.parent.resolve()),
               "data_path": str(data.path.resolve()), "data_md5": data.md5, "data_fingerprint": data.fingerprint,
@@ -237,14 +247,25 @@ def run_distill(cfg: DistillConfig) -> Path:
     return out
 
 
-def teacher_logits(caches: list[TeacherCache], n: int, outputs: int, device: torch.device) -> torch.Tensor | None:
-    """The cached train logits on the device: (N, C) for one teacher, (K, N, C) for several."""
+def teacher_logits(caches: list[TeacherCache], n: int, outputs: int, device: torch.device, *,
+                   weighting: str = "ca-mkd", t: float = 1.0, multi_label: bool = False) -> torch.Tensor | None:
+    """The cached train logits on the device: (N, C) for one teacher, (K, N, C) for several under CA-MKD.
+
+    `weighting="mean"` turns several teachers into one (N, C) target, once for the whole run:
+    logits whose softmax at t is the mean of the teachers' softened probabilities (medal.losses.ca_mkd).
+    """
     if not caches:
         return None
     stacked = torch.stack([torch.as_tensor(c.logits("train")) for c in caches]).to(device)
     if stacked.shape[1:] != (n, outputs):
         raise MedalError(f"teacher cache {caches[0].key} holds {tuple(stacked.shape[1:])} logits for {n} train images.")
-    return stacked[0] if len(caches) == 1 else stacked
+    if len(caches) == 1:
+        return stacked[0]
+    if weighting == "mean":
+        from medal.losses.ca_mkd import mean_teacher_logits
+
+        return mean_teacher_logits(stacked, t, multi_label)
+    return stacked
 
 
 def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, soft: torch.Tensor | None,

@@ -39,15 +39,20 @@ def evaluate_scores(labels: np.ndarray, scores: np.ndarray, task: str) -> dict[s
     return {"auc": float(getAUC(labels, scores, task)), "acc": float(getACC(labels, scores, task))}
 
 
-def predict(model: nn.Module, images: torch.Tensor | ResidentImages | StreamedImages, prep: Preprocess, task: str,
-            device: torch.device, batch_size: int = 512) -> np.ndarray:
-    """Probabilities (softmax, or sigmoid for multi-label) for uint8 images on the device, or streamed."""
+def predict_logits(model: nn.Module, images: torch.Tensor | ResidentImages | StreamedImages, prep: Preprocess,
+                   device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Raw fp32 logits for uint8 images on the device, or streamed (a run teacher's cache holds these)."""
     source = ResidentImages(images) if isinstance(images, torch.Tensor) else images
     order = [slice(i, i + batch_size) for i in range(0, len(source), batch_size)]
     model.eval()
     with torch.inference_mode(), autocast(device):
-        logits = torch.cat([model(prep(batch)).float() for batch in source.batches(order)])
-    return scores_from_logits(logits, task).cpu().numpy()
+        return torch.cat([model(prep(batch)).float() for batch in source.batches(order)])
+
+
+def predict(model: nn.Module, images: torch.Tensor | ResidentImages | StreamedImages, prep: Preprocess, task: str,
+            device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """Probabilities (softmax, or sigmoid for multi-label) for uint8 images on the device, or streamed."""
+    return scores_from_logits(predict_logits(model, images, prep, device, batch_size), task).cpu().numpy()
 
 
 def student_channels(model: nn.Module) -> int:

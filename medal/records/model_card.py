@@ -14,6 +14,7 @@ from medal.cache.store import cache_dir, open_cache
 from medal.data.facts import DatasetFacts, dataset_facts
 from medal.runtime.errors import MedalError
 from medal.runtime.io import atomic, read_json
+from medal.teachers import teacher_label
 
 
 def hf_license(text: str) -> str:
@@ -60,28 +61,45 @@ model-index:
 """
 
 
+KIND_WORDS = {"dinov2": "DINOv2 backbone + linear head", "timm": "timm backbone + linear head",
+              "run": "a finished medal run's student"}
+DERIVATIVE_WARNING = ("models trained on a teacher's outputs may count as derivatives under its licence; check it "
+                      "before distributing this student")
+
+
 def teacher_section(config: dict) -> str:
     keys = config.get("cache_keys") or ([config["cache_key"]] if config.get("cache_key") else [])
     if config["alpha"] == 1 or not keys:
         return "No teacher: this is the plain cross-entropy baseline (`--alpha 1`).\n"
-    rows = ["| teacher | cache key | weights SHA-256 | data fingerprint | teacher + linear head test AUC |",
-            "|---|---|---|---|---|"]
+    rows = ["| teacher | kind | cache key | weights SHA-256 | licence | data fingerprint | teacher test AUC |",
+            "|---|---|---|---|---|---|---|"]
+    licences = []
     for key, name in zip(keys, config.get("teachers") or [config.get("teacher")] * len(keys)):
         attrs = cache_attrs(config, key)
         if attrs is None:
-            rows.append(f"| {name} | `{key}` | (cache no longer available) | `{config['data_fingerprint']}` (the run's) | |")
-        else:
-            auc = attrs.get("head_metrics", {}).get("test", {}).get("auc")
-            rows.append(f"| {attrs['teacher']} | `{key}` | `{attrs['weights_sha256']}` | `{attrs['data_fingerprint']}` | "
-                        f"{'' if auc is None else f'{auc:.4f}'} |")
-    several = " (CA-MKD: confidence-weighted over the teachers)" if len(keys) > 1 else ""
-    return (f"Distilled from frozen DINOv2 teacher logits cached once per dataset{several}: a linear head on the "
-            f"teacher's CLS feature, its raw logits softened at temperature t.\n\n" + "\n".join(rows) + "\n")
+            rows.append(f"| {name} | | `{key}` | (cache no longer available) | | `{config['data_fingerprint']}` (the run's) | |")
+            licences.append(f"- **Teacher licence** ({name}): unknown, its cache is gone; {DERIVATIVE_WARNING}.")
+            continue
+        auc = attrs.get("head_metrics", {}).get("test", {}).get("auc")
+        kind = KIND_WORDS.get(attrs.get("teacher_kind", "dinov2"), "")
+        licence = attrs.get("license")
+        rows.append(f"| {attrs['teacher']} | {kind} | `{key}` | `{attrs['weights_sha256']}` | {licence or 'not stated'} | "
+                    f"`{attrs['data_fingerprint']}` | {'' if auc is None else f'{auc:.4f}'} |")
+        source = attrs.get("license_source")
+        licences.append(f"- **Teacher licence** ({attrs['teacher']}): "
+                        + (f"{licence}{f' ({source})' if source else ''} - {DERIVATIVE_WARNING}." if licence else
+                           f"not stated ({source or 'no licence recorded'}); find the teacher's terms - {DERIVATIVE_WARNING}."))
+    several = ""
+    if len(keys) > 1:
+        several = (" (the mean of the teachers' softened probabilities)" if config.get("teacher_weighting") == "mean"
+                   else " (CA-MKD: confidence-weighted over the teachers)")
+    return (f"Distilled from frozen teacher logits cached once per dataset{several}, their raw logits softened at "
+            f"temperature t.\n\n" + "\n".join(rows) + "\n\n" + "\n".join(licences) + "\n")
 
 
 def render(config: dict, metrics: dict, run_name: str) -> str:
     facts = dataset_facts(config)
-    teachers = ", ".join(config.get("teachers") or []) or "no teacher"
+    teachers = ", ".join(teacher_label(name) for name in config.get("teachers") or []) or "no teacher"
     title = f"{config['student']} student for {facts.name}" + (f", distilled from {teachers}" if config["alpha"] < 1 else "")
     m, size, image_size = metrics, config["size"], config["image_size"]
     in_chans = config.get("in_chans", 3)
@@ -89,8 +107,10 @@ def render(config: dict, metrics: dict, run_name: str) -> str:
     if m.get("kept") == "last":
         kept = f"epoch {m['kept_epoch']} (the last)"
     labels = ", ".join(f"{i}: {name}" for i, name in enumerate(facts.label_names))
+    dinov2 = all(str(name).startswith("dinov2_") for name in config.get("teachers") or [])
     how = ("on the labels alone (the cross-entropy baseline, no teacher)" if config["alpha"] == 1 else
-           "by knowledge distillation from a frozen DINOv2 teacher (the MedAlmighty recipe, Ren et al. 2025)")
+           "by knowledge distillation from a frozen DINOv2 teacher (the MedAlmighty recipe, Ren et al. 2025)" if dinov2
+           else "by knowledge distillation from frozen teacher logits (the MedAlmighty recipe, Ren et al. 2025)")
     milestones = ", ".join(map(str, config.get("milestones", []))) or "none"
     return front_matter(config, metrics, facts, title) + f"""
 # {title}

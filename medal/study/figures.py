@@ -50,6 +50,8 @@ def teacher_features(config: dict, caches: Path | None, split: str, index: np.nd
     if not hits:
         warn(f"teacher cache {key} is not in {cache_dir(caches)}; the t-SNE has no teacher panel (pass --cache-dir).")
         return None
+    if hits[0].attrs.get("teacher_kind") == "run":  # a run teacher's cache holds logits, no backbone features
+        return None
     return hits[0].features(split)[index].astype(np.float32), hits[0].attrs["teacher"]
 
 

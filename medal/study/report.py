@@ -22,6 +22,7 @@ from medal.runtime.io import atomic, write_csv, write_json
 from medal.runtime.plots import plt, save
 from medal.study.medmnist_benchmark import medmnist_markdown, medmnist_rows
 from medal.study.runs import METRICS, Run, collect_runs, opt, pm, read_paper, stats
+from medal.teachers import teacher_label
 
 PAPER_TEACHER, PAPER_T, PAPER_ALPHA = "dinov2_vitb14", 2.0, 0.2  # MedAlmighty as the paper ran it
 PAPER_STUDENTS = {"resnet50": "ResNet-50", "seresnet50": "SENet-50", "skresnet50": "SKNet-50"}
@@ -30,7 +31,9 @@ METHOD_ORDER = ["ResNet-50", "SENet-50", "SKNet-50", "DINOv2-vits14", "DINOv2-vi
 
 
 def teachers_of(config: dict) -> list[str]:
-    return list(config.get("teachers") or ([config["teacher"]] if config.get("teacher") else []))
+    """A run's teachers by their short names (a run teacher by its directory's name; medal.teachers.teacher_label)."""
+    names = list(config.get("teachers") or ([config["teacher"]] if config.get("teacher") else []))
+    return [teacher_label(name) for name in names]
 
 
 def method_of(config: dict) -> tuple[str, str | None]:
@@ -41,6 +44,8 @@ def method_of(config: dict) -> tuple[str, str | None]:
         return ("ResNet-50 (CE)" if student == "resnet50" else student), PAPER_STUDENTS.get(student)
     if len(teachers) > 1:
         short = "+".join(name.removeprefix("dinov2_") for name in teachers)
+        if config.get("teacher_weighting", "ca-mkd") == "mean":
+            return f"mean of teachers ({student}, {short}, t={t:g}, alpha={alpha:g})", None
         return f"CA-MKD ({student}, {short}, t={t:g}, alpha={alpha:g})", "CA-MKD"
     teacher = teachers[0] if teachers else None
     if student != "resnet50":
@@ -84,10 +89,13 @@ def table2(runs: list[Run], caches_root: Path) -> list[dict]:
         rows.append(with_paper(row, paper.get((paper_method, dataset)), "_mean"))
     for cache in list_caches(caches_root) if caches_root.is_dir() else []:
         a = cache.attrs
-        name = f"DINOv2-{a['teacher'].removeprefix('dinov2_')}"
+        kind, label = a.get("teacher_kind", "dinov2"), teacher_label(a["teacher"])
+        name = f"DINOv2-{a['teacher'].removeprefix('dinov2_')}" if kind == "dinov2" else None
+        method = f"{name} (linear probe)" if name else (f"teacher run {label}" if kind == "run" else f"{label} (linear probe)")
         test = a["head_metrics"]["test"]
-        row = {"dataset": a["dataset"], "method": f"{name} (linear probe)", "paper_method": name, "student": None,
-               "teacher": a["teacher"], "t": None, "alpha": None, "epochs": a["head"]["epochs"],
+        epochs = a["head"]["epochs"] if "head" in a else (a.get("teacher_run") or {}).get("epochs")
+        row = {"dataset": a["dataset"], "method": method, "paper_method": name, "student": None,
+               "teacher": label, "t": None, "alpha": None, "epochs": epochs,
                "image_size": a["image_size"], "n": 1, "seeds": "", "auc_mean": test["auc"], "auc_std": 0.0,
                "acc_mean": test["acc"], "acc_std": 0.0}
         rows.append(with_paper(row, paper.get((name, a["dataset"])), "_mean"))
@@ -184,11 +192,11 @@ def plot_heatmap(points: list[dict], ts: list[float], alphas: list[float], title
 
 
 def table2_markdown(rows: list[dict]) -> str:
-    lines = ["| dataset | method | epochs | px | n | AUC | paper AUC | ΔAUC | ACC | paper ACC | ΔACC |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | method | teacher | epochs | px | n | AUC | paper AUC | ΔAUC | ACC | paper ACC | ΔACC |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = {m: "" if r[f"paper_{m}"] is None else pm(r[f"paper_{m}"], r[f"paper_{m}_std"]) for m in METRICS}
-        lines.append(f"| {r['dataset']} | {r['method']} | {r['epochs']} | {r['image_size']} | {r['n']} "
+        lines.append(f"| {r['dataset']} | {r['method']} | {r['teacher'] or ''} | {r['epochs']} | {r['image_size']} | {r['n']} "
                      f"| {pm(r['auc_mean'], r['auc_std'])} | {paper['auc']} | {opt(r['auc_diff'], True)} "
                      f"| {pm(r['acc_mean'], r['acc_std'])} | {paper['acc']} | {opt(r['acc_diff'], True)} |")
     return "\n".join(lines)

@@ -262,7 +262,8 @@ def distill_command(cfg: DistillConfig) -> list[str]:
     for flag, value in (("--root", cfg.root), ("--data-dir", cfg.data_dir), ("--size", cfg.size),
                         ("--cache-dir", cfg.cache_dir), ("--max-memory", cfg.max_memory),
                         ("--cache-key", cfg.cache_key), ("--log-dir", cfg.log_dir),
-                        ("--teachers", teachers), ("--teacher", None if teachers else cfg.teacher)):
+                        ("--teachers", teachers), ("--teacher", None if teachers else cfg.teacher),
+                        ("--teacher-weighting", cfg.teacher_weighting if teachers else None)):
         if value is not None:
             args += [flag, str(value)]
     return args + [flag for flag, on in (("--pretrained", cfg.pretrained), ("--compile", cfg.compile),
