@@ -139,7 +139,7 @@ def load_timm_teacher(spec: TeacherSpec, weights: Path | None, image_size: int |
     strictly, or downloaded by timm when no file is given.
     """
     pretrained = weights is None
-    if pretrained:
+    if pretrained or spec.name.startswith("hf-hub:"):  # an hf-hub: model reads its config from the hub in any case
         prepare_hub_download()
 
     def create(size: int | None) -> nn.Module:
@@ -188,7 +188,10 @@ def _checkpoint_filter(model: nn.Module):
 
     def apply(state: dict, model: nn.Module) -> dict:
         if module_filter is not None:
-            state = module_filter(state, model)
+            try:
+                state = module_filter(state, model)
+            except Exception as exc:  # a checkpoint of another layout: load_weights turns this into one line
+                raise ValueError(f"{type(exc).__name__} in the model's checkpoint filter: {_first_line(exc)}") from None
         own = model.state_dict()
         return {k: v for k, v in state.items() if k in own or not (heads and k.startswith(heads))}
 

@@ -261,3 +261,35 @@ def test_bad_teacher_input(name, data, ce_run, resnet18_file, tmp_path, capsys, 
     assert "Traceback" not in err + stdout
     assert not cache_dir.exists() or not any(cache_dir.iterdir()), "a failed command must not leave a cache behind"
     assert not out.exists()
+
+
+def test_sweep_forwards_the_teachers_and_their_weighting(tmp_path):
+    from medal.pipeline.distill import DistillConfig
+    from medal.pipeline.sweep import distill_command
+
+    cfg = DistillConfig(dataset="bloodmnist", teachers=("runs/a", "resnet18"), teacher_weighting="mean", out=tmp_path / "p")
+    command = distill_command(cfg)
+    assert command[command.index("--teachers") + 1] == "runs/a,resnet18"
+    assert command[command.index("--teacher-weighting") + 1] == "mean" and "--teacher" not in command
+    assert cfg.run_name("bloodmnist", "resnet18").startswith("bloodmnist_resnet50_mean_a+resnet18_t2")
+    assert DistillConfig(teachers=("a", "b")).run_name("x", "a").startswith("x_resnet50_ca-mkd_a+b_t2")  # as before
+
+
+def test_timm_teacher_offline_without_weights(data, tmp_path, capsys, monkeypatch):
+    """No --weights and no hub: the same one-line error as DINOv2's (the download is simulated, never tried)."""
+    import medal.teachers
+
+    real = timm.create_model
+
+    def offline(*args, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("offline: no cached file")  # what huggingface_hub's LocalEntryNotFoundError is
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(medal.teachers, "prepare_hub_download", lambda: None)
+    monkeypatch.setattr(medal.teachers.timm, "create_model", offline)
+    code, out, err = run_cli(["cache-teacher", "--dataset", "bloodmnist", "--root", data, "--teacher", "resnet18",
+                              "--cache-dir", tmp_path / "cache", "--device", "cpu"], capsys, monkeypatch)
+    lines = error_lines(err)
+    assert code == 1 and len(lines) == 1 and "timm weights for resnet18 could not be downloaded" in lines[0], err
+    assert "pass --weights FILE" in lines[0] and not (tmp_path / "cache").exists()
