@@ -69,7 +69,7 @@ def root(tmp_path_factory) -> Path:
 def caches(root, vits_weights, tmp_path_factory) -> dict:
     """Two teacher caches of the toy data: a real ViT-S/14 one, and a copy of it as ViT-B/14 with other logits.
 
-    Returns the cache folder and each teacher's train logits, as the cache holds them."""
+    Returns the cache folder, the two keys, and each teacher's train logits as the cache holds them."""
     cache_dir = tmp_path_factory.mktemp("cache")
     first = run_cache_teacher(CacheConfig(dataset="bloodmnist", teacher=A, weights=vits_weights, root=root, image_size=28,
                                           batch_size=32, device="cpu", cache_dir=cache_dir, head=HeadRecipe(epochs=2))).cache
