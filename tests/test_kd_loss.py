@@ -129,7 +129,22 @@ def test_torch_path_gradcheck(multi_label: bool) -> None:
         assert torch.autograd.gradcheck(fn, (s,))
 
 
-def test_teacher_gets_no_gradient_and_alpha_one_without_teacher() -> None:
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_teacher_gets_no_gradient(multi_label: bool) -> None:
+    """The teacher's logits are a target: a teacher tensor that requires a gradient gets none, and the
+    student's gradient is the reference's."""
+    s, z_t, y = make_case("random", 4, 5, multi_label)
+    s.requires_grad_(True)
+    z_t.requires_grad_(True)
+    loss = kd_loss(s, z_t, y, t=2.0, alpha=0.2, multi_label=multi_label)
+    loss.backward()
+    assert z_t.grad is None, "the teacher's logits got a gradient"
+    s_ref = s.detach().double().requires_grad_(True)
+    reference_kd_loss(s_ref, z_t.detach(), y, 2.0, 0.2, multi_label).backward()
+    torch.testing.assert_close(s.grad.double(), s_ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_alpha_one_needs_no_teacher() -> None:
     s, z_t, y = make_case("random", 4, 5, False)
     s.requires_grad_(True)
     loss = kd_loss(s, None, y, t=2.0, alpha=1.0)

@@ -187,8 +187,14 @@ BAD = {
 }
 
 
+def _files(*folders) -> dict:
+    """Every file and folder under `folders`, with its size and modification time."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for folder in folders for p in sorted(folder.rglob("*"))}
+
+
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_input(name, runs, tmp_path, capsys, monkeypatch):
+    """One line on stderr, nothing on stdout, and nothing written: not where --out points, not in the run."""
     (tmp_path / "junk.png").write_bytes(b"not a png")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty.zarr").mkdir()
@@ -198,9 +204,11 @@ def test_bad_input(name, runs, tmp_path, capsys, monkeypatch):
     np.savez(tmp_path / "test_only.npz", test_images=np.zeros((2, 28, 28, 3), np.uint8))
     args, expected = BAD[name]
     args = [a.format(colour=runs["colour"], tmp=tmp_path) for a in args]
+    before = _files(tmp_path, runs["colour"])
     code, out, err = run_cli(args, capsys, monkeypatch)
     assert code == 1, (out, err)
     lines = error_lines(err)
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
     assert "Traceback" not in err and not out
-    assert not (tmp_path / "x.onnx").exists()
+    assert _files(tmp_path, runs["colour"]) == before, "a refused command wrote or changed files"
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.onnx").exists()

@@ -265,7 +265,7 @@ def test_bad_teacher_input(name, data, ce_run, resnet18_file, tmp_path, capsys, 
 
 def test_sweep_forwards_the_teachers_and_their_weighting(tmp_path):
     from medal.pipeline.distill import DistillConfig
-    from medal.pipeline.sweep import distill_command
+    from medal.study.sweep import distill_command
 
     cfg = DistillConfig(dataset="bloodmnist", teachers=("runs/a", "resnet18"), teacher_weighting="mean", out=tmp_path / "p")
     command = distill_command(cfg)

@@ -72,7 +72,7 @@ def kd_loss_torch(
     if alpha < 1:
         if teacher_logits is None:
             raise MedalError("alpha < 1 needs teacher logits: build a cache with `medal cache-teacher`.")
-        kl = per_sample_kl(s, teacher_logits.to(dtype), t, multi_label).mean()
+        kl = per_sample_kl(s, teacher_logits.detach().to(dtype), t, multi_label).mean()  # a target: no gradient, as in the kernel
         loss = loss + (1 - alpha) * t * t * kl
     return loss
 
@@ -106,7 +106,7 @@ def kd_loss(
     """Distillation loss of a (B, C) student against (B, C) raw teacher logits.
 
     `target` holds class indices (B,), or a 0/1 float (B, C) matrix when `multi_label`.
-    `teacher_logits` may be None only when alpha == 1 (the plain CE baseline).
+    `teacher_logits` may be None only when alpha == 1 (the plain CE baseline); they get no gradient.
     """
     check_hyperparameters(t, alpha)
     if student_logits.ndim != 2:
