@@ -184,7 +184,6 @@ def run_scale_check(device: str = "cpu") -> list[str]:
 def run_tiling_check(device: str = "cpu") -> list[str]:
     """Every tiling `benchmarks/kd_kernel_tune.py` may time (and so suggest as a new default)
     gives the reference's loss and gradient, with a batch that leaves the last row block short."""
-    import torch
 
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(ROOT / "benchmarks"))

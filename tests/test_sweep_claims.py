@@ -15,7 +15,7 @@ from conftest import make_npz, run_cli
 from tqdm import tqdm
 
 import medal.study.sweep as sweep
-from medal.pipeline import claims
+from medal.study import claims
 from medal.pipeline.distill import DistillConfig
 
 REPO = Path(__file__).resolve().parents[1]

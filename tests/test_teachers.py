@@ -141,7 +141,7 @@ def test_timm_teacher_features_head_and_distillation(data, resnet18_file, tmp_pa
 
 
 def test_timm_preprocessing_defaults_to_the_pretrained_config():
-    from medal.teachers import parse_teacher, teacher_label, timm_preprocessing
+    from medal.models.teacher_spec import parse_teacher, teacher_label, timm_preprocessing
 
     model = timm.create_model("resnet18", num_classes=0)
     assert timm_preprocessing(model, None)["image_size"] == 224 and timm_preprocessing(model, 64)["image_size"] == 64
@@ -277,7 +277,7 @@ def test_sweep_forwards_the_teachers_and_their_weighting(tmp_path):
 
 def test_timm_teacher_offline_without_weights(data, tmp_path, capsys, monkeypatch):
     """No --weights and no hub: the same one-line error as DINOv2's (the download is simulated, never tried)."""
-    import medal.teachers
+    import medal.models.teacher_spec
 
     real = timm.create_model
 
@@ -286,8 +286,8 @@ def test_timm_teacher_offline_without_weights(data, tmp_path, capsys, monkeypatc
             raise OSError("offline: no cached file")  # what huggingface_hub's LocalEntryNotFoundError is
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(medal.teachers, "prepare_hub_download", lambda: None)
-    monkeypatch.setattr(medal.teachers.timm, "create_model", offline)
+    monkeypatch.setattr(medal.models.teacher_spec, "prepare_hub_download", lambda: None)
+    monkeypatch.setattr(medal.models.teacher_spec.timm, "create_model", offline)
     code, out, err = run_cli(["cache-teacher", "--dataset", "bloodmnist", "--root", data, "--teacher", "resnet18",
                               "--cache-dir", tmp_path / "cache", "--device", "cpu"], capsys, monkeypatch)
     lines = error_lines(err)

@@ -176,7 +176,7 @@ def _record_steps(monkeypatch) -> list[dict]:
 
     monkeypatch.setattr(StudentStep, "__call__", recording_call)
     monkeypatch.setattr("medal.pipeline.student_step.kd_loss", recording(kd_loss))
-    monkeypatch.setattr("medal.ca_mkd.ca_mkd_loss", recording(ca_mkd_loss))
+    monkeypatch.setattr("medal.losses.ca_mkd.ca_mkd_loss", recording(ca_mkd_loss))
     return calls
 
 

@@ -9,7 +9,7 @@ Layout of `<cache dir>/<key>.zarr`:
     {split}/labels      (N, L) int64     the labels they were computed against
     head/weight, head/bias               the trained linear head
 
-A run teacher's cache (`--teacher RUN_DIR`, see medal/teachers.py) holds {split}/logits and
+A run teacher's cache (`--teacher RUN_DIR`, see medal/models/teacher_spec.py) holds {split}/logits and
 {split}/labels alone: the run's student is already a classifier, so there are no backbone
 features and no head.
 
@@ -64,7 +64,7 @@ def cache_dir(path: Path | str | None = None) -> Path:
 
 
 def cache_key(dataset: str, size: int, teacher: str, image_size: int, weights_id: str) -> str:
-    """`teacher` is filename-safe (medal.teachers.teacher_label); weights_id a SHA-256 (its first 12 digits are
+    """`teacher` is filename-safe (medal.models.teacher_spec.teacher_label); weights_id a SHA-256 (its first 12 digits are
     kept) or a hub tag (hashed)."""
     short = weights_id[:12] if len(weights_id) == 64 else hashlib.sha256(weights_id.encode()).hexdigest()[:12]
     return f"{dataset}_{size}_{teacher}_{image_size}_{short}"
@@ -362,3 +362,11 @@ class CacheWriter:
             self._release_lock()
         if full:
             raise MedalError(f"the disk under {self.root} is full; nothing was cached (free space or pass --cache-dir).") from None
+
+
+def cache_attrs(config: dict, key: str) -> dict | None:
+    """The teacher cache's provenance, or None when the cache has been deleted or moved."""
+    try:
+        return open_cache(cache_dir(config.get("cache_dir")) / f"{key}.zarr").attrs
+    except MedalError:
+        return None

@@ -1,6 +1,6 @@
 """Stage 1: run the frozen teacher once over every split and cache what distillation needs.
 
-The teacher is a DINOv2 backbone, any timm model, or a finished medal run (medal/teachers.py); a
+The teacher is a DINOv2 backbone, any timm model, or a finished medal run (medal/models/teacher_spec.py); a
 run's student already classifies the dataset, so its logits are cached directly
 (medal/pipeline/run_teacher.py). For a backbone:
 
@@ -16,34 +16,25 @@ The head and its logits take seconds and are always redone.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 import medal
 from medal.cache.store import (
-    CHUNK_ROWS,
     FORMAT,
     CacheWriter,
     TeacherCache,
     cache_dir,
     cache_key,
-    list_caches,
     rebuild_command,
 )
 from medal.data.base import SPLITS, Dataset
 from medal.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, to_device
 from medal.data.resolve import resolve_dataset
 from medal.data.stream.budget import memory_budget
-from medal.models.teachers import check_teacher_image_size, feature_dim, load_teacher, weights_id
-from medal.pipeline.evaluate import evaluate_scores, scores_from_logits
-from medal.pipeline.linear_head import HeadRecipe, head_logits, train_linear_head
-from medal.runtime.device import autocast, resolve_device
-from medal.runtime.distributed import World, init_world
-from medal.runtime.log import log
-from medal.runtime.progress import progress
-from medal.teachers import (
+from medal.models.teacher_spec import (
     check_options,
     finished_run,
     format_teacher_args,
@@ -56,37 +47,16 @@ from medal.teachers import (
     timm_preprocessing,
     timm_weights_id,
 )
+from medal.models.teachers import check_teacher_image_size, feature_dim, load_teacher, weights_id
+from medal.pipeline.cache_config import RESUME_KEYS, CacheConfig, CacheResult, recorded_inputs, up_to_date
+from medal.pipeline.evaluate import evaluate_scores, scores_from_logits
+from medal.pipeline.linear_head import HeadRecipe, head_logits, train_linear_head  # noqa: F401  (HeadRecipe: stage 1 settings, for callers)
+from medal.runtime.device import autocast, resolve_device
+from medal.runtime.distributed import World, init_world
+from medal.runtime.log import log
+from medal.runtime.progress import progress
 
 DINOV2_IMAGE_SIZE = 224
-
-
-@dataclass
-class CacheConfig:
-    dataset: str
-    teacher: str = "dinov2_vitb14"  # a SPEC: DINOv2 name, timm name or identifier, or a finished run directory
-    weights: Path | None = None
-    teacher_args: str | None = None  # timm creation arguments, KEY=VALUE,...
-    root: Path | None = None
-    data_dir: Path | None = None  # where imported datasets live
-    size: int | None = None  # which MedMNIST file (default 28); an imported dataset has its own size
-    image_size: int | None = None  # None: 224 for DINOv2, a timm model's pretrained config, a run's own
-    batch_size: int = 512
-    device: str = "auto"
-    cache_dir: Path | None = None
-    force: bool = False
-    chunk_rows: int = CHUNK_ROWS
-    head: HeadRecipe = field(default_factory=HeadRecipe)
-    max_memory: str | None = None  # memory for image data ("8G"); splits beyond it stream (medal.data.stream)
-
-
-# What a feature chunk depends on: an interrupted build is resumed only when none of these changed.
-RESUME_KEYS = ("dataset", "size", "data_fingerprint", "teacher", "weights_sha256", "image_size", "chunk_rows", "batch_size")
-
-
-@dataclass
-class CacheResult:
-    cache: TeacherCache
-    created: bool  # False when an up-to-date cache already existed
 
 
 def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
@@ -158,16 +128,6 @@ def run_cache_teacher(cfg: CacheConfig) -> CacheResult:
     return CacheResult(cache or TeacherCache(writer.final), created=True)
 
 
-def up_to_date(root: Path, key: str, data: Dataset, force: bool) -> TeacherCache | None:
-    """The finished cache of this key when it was computed from this very data (and no --force)."""
-    existing = [c for c in list_caches(root) if c.key == key]
-    if existing and not force:
-        if existing[0].attrs.get("data_fingerprint") == data.fingerprint:
-            return existing[0]
-        log(f"cache {key} was computed from other data than {data.path}; recomputing it")
-    return None
-
-
 def teacher_features(teacher: torch.nn.Module, data: Dataset, split: str, cfg: CacheConfig,
                      device: torch.device, writer: CacheWriter, world: World, done: set[int],
                      prep: Preprocess | None = None) -> None:
@@ -225,30 +185,6 @@ def fit_head(features: dict[str, torch.Tensor], data: Dataset, cfg: CacheConfig,
     writer.put("head/weight", head.weight.detach().float().cpu().numpy())
     writer.put("head/bias", head.bias.detach().float().cpu().numpy())
     return provenance(inputs, cfg, dim, metrics, chosen["epoch"])
-
-
-def recorded_inputs(cfg: CacheConfig, data: Dataset, wid: str) -> dict:
-    """What a cache is computed from: enough to refuse stale data, to cite the teacher and to rebuild it."""
-    return {
-        "dataset": data.flag,
-        "task": data.task,
-        "num_outputs": data.num_outputs,
-        "size": data.size,
-        "data_root": str(data.path.parent.resolve()),
-        "data_path": str(data.path.resolve()),
-        "data_file": data.path.name,
-        "data_md5": data.md5,
-        "data_official": data.official,
-        "data_fingerprint": data.fingerprint,
-        "n_samples": {s: int(len(data.splits[s].labels)) for s in SPLITS},
-        "teacher": cfg.teacher,
-        "teacher_args": cfg.teacher_args or "",
-        "weights": str(Path(cfg.weights).resolve()) if cfg.weights else "timm hub",
-        "weights_sha256": wid,
-        "image_size": cfg.image_size,
-        "chunk_rows": cfg.chunk_rows,
-        "batch_size": cfg.batch_size,
-    }
 
 
 def provenance(inputs: dict, cfg: CacheConfig, dim: int, metrics: dict, head_epoch: int) -> dict:

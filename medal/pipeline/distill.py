@@ -34,6 +34,7 @@ from medal.data.stream.budget import memory_budget
 from medal.data.stream.source import image_source
 from medal.losses.kd_loss import check_hyperparameters
 from medal.models.students import build_student, check_student
+from medal.models.teacher_spec import cache_matcher, parse_teacher, stale_run_cache, teacher_label
 from medal.pipeline.checkpoint import LOCK, Checkpoint, run_settings
 from medal.pipeline.evaluate import evaluate_model, evaluate_scores, predict, student_channels
 from medal.pipeline.student_step import StudentStep
@@ -55,7 +56,6 @@ from medal.runtime.reproducible import (
     set_rng_state,
 )
 from medal.runtime.tensorboard import open_scalars
-from medal.teachers import cache_matcher, parse_teacher, stale_run_cache, teacher_label
 
 KEEP = ("best", "last")
 WEIGHTINGS = ("ca-mkd", "mean")  # how several teachers' targets are combined (medal.losses.ca_mkd)
@@ -69,7 +69,7 @@ class DistillConfig:
     size: int | None = None  # which MedMNIST file; default: the cache's, else 28
     t: float = 2.0
     alpha: float = 0.2
-    teacher: str | None = None  # a SPEC (medal/teachers.py): DINOv2 or timm name, or a run directory
+    teacher: str | None = None  # a SPEC (medal/models/teacher_spec.py): DINOv2 or timm name, or a run directory
     teachers: tuple[str, ...] = ()  # several cached teachers, weighted by teacher_weighting
     teacher_weighting: str = "ca-mkd"  # several teachers: ca-mkd (confidence-weighted) or mean (of probabilities)
     cache_key: str | None = None

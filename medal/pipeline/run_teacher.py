@@ -22,12 +22,13 @@ import medal
 from medal.cache.store import FORMAT, CacheWriter, TeacherCache, cache_dir, cache_key, rebuild_command
 from medal.data.base import SPLITS, Dataset
 from medal.data.preprocess import MEDMNIST_MEAN, MEDMNIST_STD
-from medal.pipeline.cache_teacher import RESUME_KEYS, CacheConfig, CacheResult, recorded_inputs, up_to_date
-from medal.pipeline.evaluate import evaluate_scores, scores_from_logits
+from medal.data.stream.source import image_source
+from medal.models.teacher_spec import TeacherSpec, check_run_data, finished_run, run_config, run_license
+from medal.pipeline.cache_config import RESUME_KEYS, CacheConfig, CacheResult, recorded_inputs, up_to_date
+from medal.pipeline.evaluate import evaluate_scores, load_run, predict_logits, scores_from_logits
 from medal.runtime.distributed import World
 from medal.runtime.errors import MedalError
 from medal.runtime.io import file_hash
-from medal.teachers import TeacherSpec, check_run_data, finished_run, run_config, run_license, run_logits
 
 # What of the run's config.json the cache repeats, to say which run taught.
 RUN_FACTS = ("student", "t", "alpha", "epochs", "seed", "image_size", "interpolation", "as_rgb", "in_chans", "keep",
@@ -73,3 +74,15 @@ def cache_run_teacher(cfg: CacheConfig, spec: TeacherSpec, data: Dataset, world:
                                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
         world.barrier()
     return CacheResult(cache or TeacherCache(writer.final), created=True)
+
+
+def run_logits(run: Path, data, device: torch.device) -> tuple[dict, dict]:
+    """({split: raw fp32 logits}, the run's config): its kept student (best.pt), preprocessed as in training.
+
+    The same functions as `medal evaluate` (`load_run`, `predict_logits`): the softmax of the test
+    logits is the run's test_scores.npy.
+    """
+    loaded = load_run(run, device, data=data)
+    logits = {split: predict_logits(loaded.model, image_source(data.splits[split].images, device), loaded.prep, device)
+              for split in SPLITS}
+    return logits, loaded.config

@@ -10,24 +10,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medal.cache.store import cache_dir, open_cache
+from medal.cache.store import cache_attrs
 from medal.data.facts import DatasetFacts, dataset_facts
-from medal.runtime.errors import MedalError
+from medal.models.teacher_spec import teacher_label
 from medal.runtime.io import atomic, read_json
-from medal.teachers import teacher_label
 
 
 def hf_license(text: str) -> str:
     """A dataset's licence as the Hub spells it: "CC BY-NC 4.0" -> "cc-by-nc-4.0"."""
     return text.strip().lower().replace(" ", "-")
-
-
-def cache_attrs(config: dict, key: str) -> dict | None:
-    """The teacher cache's provenance, or None when the cache has been deleted or moved."""
-    try:
-        return open_cache(cache_dir(config.get("cache_dir")) / f"{key}.zarr").attrs
-    except MedalError:
-        return None
 
 
 def front_matter(config: dict, metrics: dict, facts: DatasetFacts, title: str) -> str:

@@ -17,12 +17,12 @@ import numpy as np
 
 from medal.cache.store import cache_dir, list_caches
 from medal.data.medmnist import DATASETS
+from medal.models.teacher_spec import teacher_label
 from medal.runtime.errors import MedalError
 from medal.runtime.io import atomic, write_csv, write_json
 from medal.runtime.plots import plt, save
 from medal.study.medmnist_benchmark import medmnist_markdown, medmnist_rows
 from medal.study.runs import METRICS, Run, collect_runs, opt, pm, read_paper, stats
-from medal.teachers import teacher_label
 
 PAPER_TEACHER, PAPER_T, PAPER_ALPHA = "dinov2_vitb14", 2.0, 0.2  # MedAlmighty as the paper ran it
 PAPER_STUDENTS = {"resnet50": "ResNet-50", "seresnet50": "SENet-50", "skresnet50": "SKNet-50"}
@@ -31,7 +31,7 @@ METHOD_ORDER = ["ResNet-50", "SENet-50", "SKNet-50", "DINOv2-vits14", "DINOv2-vi
 
 
 def teachers_of(config: dict) -> list[str]:
-    """A run's teachers by their short names (a run teacher by its directory's name; medal.teachers.teacher_label)."""
+    """A run's teachers by their short names (a run teacher by its directory's name; medal.models.teacher_spec.teacher_label)."""
     names = list(config.get("teachers") or ([config["teacher"]] if config.get("teacher") else []))
     return [teacher_label(name) for name in names]
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import timm
-import torch
 from torch import nn
 
 from medal.models.teachers import TEACHERS, load_weights, prepare_hub_download
@@ -284,8 +283,8 @@ def check_run_data(run: Path, config: dict, data) -> None:
 
 def run_license(config: dict) -> tuple[str | None, str]:
     """A run teacher inherits its data's licence, and the licences of its own teachers where their caches say."""
+    from medal.cache.store import cache_attrs
     from medal.data.facts import dataset_facts
-    from medal.records.model_card import cache_attrs
 
     try:
         parts = [dataset_facts(config).license]
@@ -300,22 +299,6 @@ def run_license(config: dict) -> tuple[str | None, str]:
         return None, f"not stated: the run's {config['dataset']} data could not be described"
     return "; ".join(parts), (f"inherited from the run's {config['dataset']} training data"
                               + (" and its own teachers" if len(parts) > 1 else ""))
-
-
-def run_logits(run: Path, data, device: torch.device) -> tuple[dict, dict]:
-    """({split: raw fp32 logits}, the run's config): its kept student (best.pt), preprocessed as in training.
-
-    The same functions as `medal evaluate` (`load_run`, `predict_logits`): the softmax of the test
-    logits is the run's test_scores.npy.
-    """
-    from medal.data.base import SPLITS
-    from medal.data.stream.source import image_source
-    from medal.pipeline.evaluate import load_run, predict_logits
-
-    loaded = load_run(run, device, data=data)
-    logits = {split: predict_logits(loaded.model, image_source(data.splits[split].images, device), loaded.prep, device)
-              for split in SPLITS}
-    return logits, loaded.config
 
 
 # --- selecting a cache -----------------------------------------------------------------------------------------
