@@ -29,7 +29,7 @@ from medal.cache.store import cache_key
 from medal.data.preprocess import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
 from medal.losses.ca_mkd import ca_mkd_loss
 from medal.losses.kd_loss import kd_loss
-from medal.models.teachers import build_student
+from medal.models.students import build_student
 from medal.pipeline import distill
 from medal.pipeline.cache_teacher import CacheConfig, run_cache_teacher
 from medal.pipeline.evaluate import evaluate_scores, predict
