@@ -170,7 +170,8 @@ def test_model_card_in_every_finished_run(runs, tmp_path):
     config.update(alpha=0.2, cache_key="gone", cache_keys=["gone"], teachers=["dinov2_vits14"], cache_dir=str(tmp_path))
     (moved / "config.json").write_text(json.dumps(config))
     card = write_model_card(moved).read_text()
-    assert "| dinov2_vits14 | `gone` | (cache no longer available) |" in card and "| 2 | 0.2 |" in card
+    assert "| dinov2_vits14 | | `gone` | (cache no longer available) |" in card and "| 2 | 0.2 |" in card
+    assert "**Teacher licence** (dinov2_vits14): unknown, its cache is gone" in card
 
 
 BAD = {
