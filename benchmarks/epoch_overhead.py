@@ -1,0 +1,129 @@
+"""What a `medal distill` epoch costs beyond its compute, for one student, in this process.
+
+The compute is a bare PyTorch loop written here: the same timm model built from the same seed,
+Adam at lr 1e-3, the same batches of the same uint8 images, the same preprocessing (float, scale
+and shift by MedMNIST's mean/std, bilinear resize when the size differs), cross-entropy, then a
+forward pass over the validation split in eval mode. medal's epoch is everything `medal distill`
+does between two epoch lines: those steps plus validation AUC/ACC, the checkpoint, history.csv and
+best.pt. Both run the same number of epochs, alternately, twice; the first epoch of each run is a
+warm-up and not counted.
+
+    python benchmarks/epoch_overhead.py resnet50_28 --image-size 28     # one JSON line
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import medal.pipeline.distill as distill
+from medal.data.preprocess import MEDMNIST_MEAN, MEDMNIST_STD
+from medal.models.students import build_student
+
+CLASSES = 8  # BloodMNIST's
+
+
+def write_data(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
+    """A BloodMNIST-shaped .npz of random 28x28 RGB images (medal warns it is not the official file)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_val)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.permutation(np.arange(n) % CLASSES)[:, None]  # every class in every split
+    np.savez(root / "bloodmnist.npz", **arrays)
+    return root
+
+
+def bare_epochs(root: Path, student: str, image_size: int, epochs: int, batch_size: int, seed: int) -> list[float]:
+    """Seconds per epoch of the bare loop: train steps, then the validation forward."""
+    data = np.load(root / "bloodmnist.npz")
+    train = torch.from_numpy(data["train_images"]).permute(0, 3, 1, 2).contiguous()
+    labels = torch.from_numpy(data["train_labels"][:, 0]).long()
+    val = torch.from_numpy(data["val_images"]).permute(0, 3, 1, 2).contiguous()
+    mean, std = torch.tensor(MEDMNIST_MEAN).view(1, 3, 1, 1), torch.tensor(MEDMNIST_STD).view(1, 3, 1, 1)
+
+    def prep(x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() / 255 - mean) / std
+        return x if x.shape[-1] == image_size else F.interpolate(x, size=(image_size, image_size), mode="bilinear")
+
+    torch.manual_seed(seed)
+    model = build_student(student, CLASSES)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    times = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.train()
+        for idx in torch.randperm(len(train), generator=generator).split(batch_size):
+            loss = F.cross_entropy(model(prep(train[idx])), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.inference_mode():
+            torch.cat([model(prep(b)).softmax(1) for b in val.split(512)])
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def medal_epochs(root: Path, student: str, image_size: int, epochs: int, batch_size: int, seed: int,
+                 out: Path) -> list[float]:
+    """Seconds between `medal distill`'s epoch lines (the first: from the start of training)."""
+    marks: list[float] = []
+    train_student, log = distill.train_student, distill.log
+
+    def timed_train(*args, **kwargs):
+        marks.append(time.perf_counter())
+        return train_student(*args, **kwargs)
+
+    def timed_log(line: str) -> None:
+        if line.startswith("epoch "):
+            marks.append(time.perf_counter())
+        log(line)
+
+    distill.train_student, distill.log = timed_train, timed_log
+    try:
+        cfg = distill.DistillConfig(dataset="bloodmnist", root=root, student=student, image_size=image_size, epochs=epochs,
+                                    batch_size=batch_size, alpha=1.0, seed=seed, device="cpu", out=str(out), force=True)
+        distill.run_distill(cfg)
+    finally:
+        distill.train_student, distill.log = train_student, log
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size: int, epochs: int,
+            seed: int = 0) -> dict:
+    """Median bare and medal epoch seconds (warm-up epochs dropped), over two alternating rounds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_data(Path(tmp), n_train, n_val, seed)
+        bare, ours = [], []
+        for round_ in range(2):
+            bare += bare_epochs(root, student, image_size, epochs, batch_size, seed)[1:]
+            ours += medal_epochs(root, student, image_size, epochs, batch_size, seed, Path(tmp) / f"run{round_}")[1:]
+    return {"student": student, "image_size": image_size, "train": n_train, "val": n_val, "batch_size": batch_size,
+            "threads": torch.get_num_threads(), "bare_s": statistics.median(bare), "medal_s": statistics.median(ours),
+            "ratio": statistics.median(ours) / statistics.median(bare), "bare_all": bare, "medal_all": ours}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("student")
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--train", type=int, default=128)
+    parser.add_argument("--val", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=4)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.student, args.image_size, args.train, args.val, args.batch_size, args.epochs)))
+
+
+if __name__ == "__main__":
+    main()
