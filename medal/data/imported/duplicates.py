@@ -42,11 +42,11 @@ def pixel_digest(im: Image.Image) -> bytes:
 
 
 def images(n: int, split: str) -> str:
-    return f"{n} {split + ' ' if split else ''}image{'s' if n != 1 else ''}"
+    return f"{n} {split} image{'s' if n != 1 else ''}"
 
 
 def listed(counts: Counter) -> tuple[str, int]:
-    """"4 test images and 1 val image" (test first), and their total."""
+    """The counts as words, test first (e.g. `4 test images and 1 val image`), and their total."""
     phrases = [images(counts[s], s) for s in reversed(SPLITS) if counts[s]]
     return " and ".join(phrases), sum(counts.values())
 
