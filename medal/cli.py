@@ -185,6 +185,7 @@ def import_dataset(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip (and count) images that cannot be read, instead of stopping."),
     data_dir: Optional[Path] = DataDirOpt,
     force: bool = typer.Option(False, "--force", help="Replace a dataset of the same name."),
+    drop_duplicates: bool = typer.Option(False, "--drop-duplicates", help="Leave out the val and test images whose decoded pixels repeat a training image's (they stay counted in the dataset's duplicates); a test image repeating a val image, and repeats within a split, are kept. Repeats are always counted and warned about."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Turn your own labelled images into a medal dataset that every --dataset takes."""
@@ -195,7 +196,8 @@ def import_dataset(
 
     fractions = parse_fractions(split_fractions) if split_fractions else None
     result = run_import(ImportConfig(source=source, name=name, size=size, split_fractions=fractions, seed=seed,
-                                     channels=channels, task=task, skip_bad=skip_bad, data_dir=data_dir, force=force))
+                                     channels=channels, task=task, skip_bad=skip_bad, data_dir=data_dir, force=force,
+                                     drop_duplicates=drop_duplicates))
     print(json.dumps(result_json(result), indent=2) if as_json else summary(result))
 
 

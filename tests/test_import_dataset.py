@@ -288,3 +288,85 @@ def test_skip_bad_counts_unreadable_images(tmp_path, capsys, monkeypatch):
     assert len(info["skipped"]) == 2 and any("broken.png" in s for s in info["skipped"])
     assert info["n_samples"] == {"train": 6, "val": 2, "test": 2}
     assert "skipped 2 unreadable images" in err
+
+
+def resave(src: Path, dst: Path, **kw) -> None:
+    """The same decoded pixels written again: different bytes (asserted), equal pixels."""
+    with Image.open(src) as im:
+        im.save(dst, **kw)
+    assert dst.read_bytes() != src.read_bytes()
+
+
+def copy(src: Path, dst: Path) -> None:
+    dst.write_bytes(src.read_bytes())
+
+
+def leaky_folder(root: Path) -> tuple[Path, set[str]]:
+    """Classes a, b in train/val/test, plus repeats with known counts; returns the folder and the
+    val/test files that repeat a training image (what --drop-duplicates must leave out)."""
+    image_folder(root, ["a", "b"], {"train": 4, "val": 2, "test": 2})
+    tr, va, te = root / "train", root / "val", root / "test"
+    copy(tr / "a" / "img1.png", te / "a" / "copy.png")  # across: test repeats train, byte copy
+    copy(tr / "a" / "img0.jpg", va / "a" / "dup.jpg")  # across: val repeats train, byte copy of a JPEG
+    resave(tr / "b" / "img1.png", va / "b" / "resaved.bmp")  # across: val repeats train, other format
+    resave(tr / "b" / "img3.png", te / "b" / "again.png", compress_level=0)  # across: test repeats train, other compression
+    copy(tr / "b" / "img1.png", te / "b" / "chain.png")  # across: test repeats train (and val's resaved.bmp)
+    copy(va / "a" / "img1.png", te / "a" / "fromval.png")  # across: test repeats val only: counted, never dropped
+    resave(tr / "a" / "img3.png", tr / "a" / "twin.bmp")  # within train
+    copy(te / "b" / "img1.png", te / "b" / "twin.png")  # within test
+    near = np.array(Image.open(tr / "a" / "img1.png"))
+    near[0, 0] += 1  # one pixel off: not a repeat (it may well resize to the same 16x16 image)
+    Image.fromarray(near).save(te / "a" / "near.png")
+    return root, {"val/a/dup.jpg", "val/b/resaved.bmp", "test/a/copy.png", "test/b/again.png", "test/b/chain.png"}
+
+
+def files_in_order(root: Path, split: str) -> list[str]:
+    """The import's row order: class folders sorted, then their files sorted (torchvision's)."""
+    return [f"{split}/{c.name}/{f.name}" for c in sorted((root / split).iterdir()) for f in sorted(c.iterdir())]
+
+
+def test_duplicates_counted_and_dropped(tmp_path, capsys, monkeypatch):
+    source, copies_of_train = leaky_folder(tmp_path / "mri")
+    data_dir = tmp_path / "d"
+    stores = {}
+    for name, extra in (("mri", []), ("mri_clean", ["--drop-duplicates"])):
+        code, out, err = import_cli([source, "--name", name, "--size", "16", "--data-dir", data_dir, "--json", *extra],
+                                    capsys, monkeypatch)
+        assert code == 0, err
+        info = json.loads(out)
+        assert info["duplicates"] == {"within_splits": 2, "across_splits": 6}, info["duplicates"]
+        assert info["duplicates_dropped"] == (5 if extra else 0)
+        group = zarr.open_group(info["path"], mode="r")
+        assert dict(group.attrs)["duplicates"] == info["duplicates"]
+        warnings = [line for line in err.splitlines() if "repeat" in line]
+        assert len(warnings) == 1 and warnings[0].startswith(
+            "warning: 3 test images and 2 val images repeat training images; 1 test image repeats a val image; "
+            "1 test image and 1 train image repeat earlier images of the same split; "), warnings
+        assert ("5 val/test copies of training images dropped" in warnings[0]) == bool(extra)
+        stores[name] = (info, group)
+
+    full, clean = stores["mri"][1], stores["mri_clean"][1]
+    for split in ("train", "val", "test"):
+        names = files_in_order(source, split)
+        keep = [i for i, n in enumerate(names) if n not in copies_of_train]
+        assert full[f"{split}/images"].shape[0] == len(names)
+        np.testing.assert_array_equal(clean[f"{split}/images"][...], full[f"{split}/images"][...][keep])
+        np.testing.assert_array_equal(clean[f"{split}/labels"][...], full[f"{split}/labels"][...][keep])
+    assert stores["mri_clean"][0]["n_samples"] == {"train": 9, "val": 4, "test": 7}
+    assert stores["mri"][0]["fingerprint"] != stores["mri_clean"][0]["fingerprint"]
+
+    # A run on each: the card states the repeats, and the leakage while copies of training images remain.
+    cards = {}
+    for name in stores:
+        run = tmp_path / f"run_{name}"
+        code, out, err = run_cli(["distill", "--dataset", name, "--data-dir", data_dir, "--alpha", "1", "--student",
+                                  "test_resnet", "--epochs", "1", "--batch-size", "8", "--image-size", "16",
+                                  "--out", run, "--device", "cpu"], capsys, monkeypatch)
+        assert code == 0, err
+        cards[name] = (run / "MODEL_CARD.md").read_text()
+    assert "**Duplicates** (decoded pixels compared at import): 6 across splits" in cards["mri"]
+    assert "2 within splits" in cards["mri"] and "Still in val/test: 6, inflating" in cards["mri"]
+    assert "- **Leakage**: val/test images repeating an image of another split remain (6, see Data)" in cards["mri"]
+    assert "5 of the former, the val/test copies of training images, were dropped" in cards["mri_clean"]
+    assert "Still in val/test: 1, inflating" in cards["mri_clean"] and "remain (1, see Data)" in cards["mri_clean"]
+    assert "MedMNIST v2" not in cards["mri"].split("### Data")[1].split("## Evaluation")[0]

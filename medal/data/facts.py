@@ -22,6 +22,9 @@ class DatasetFacts:
     channels: int  # native channels of the images: 1 grayscale, 3 colour
     license: str  # as the dataset states it, e.g. "CC BY 4.0"
     description: str
+    imported: bool = False  # by `medal import-dataset`, not a MedMNIST file
+    duplicates: dict | None = None  # an import's {within_splits, across_splits} (medal.data.imported.duplicates)
+    duplicates_dropped: int = 0  # val/test copies of training images left out by --drop-duplicates
 
 
 def dataset_facts(config: dict) -> DatasetFacts:
@@ -46,7 +49,9 @@ def imported_facts(config: dict) -> DatasetFacts:
     attrs = read_attrs(Path(path))
     return DatasetFacts(name=config["dataset"], task=attrs["task"], label_names=list(attrs["label_names"]),
                         channels=int(attrs["channels"]), license="see the dataset's own terms",
-                        description=f"imported with medal import-dataset from {attrs.get('source', 'a local image set')}")
+                        description=f"imported with medal import-dataset from {attrs.get('source', 'a local image set')}",
+                        imported=True, duplicates=attrs.get("duplicates"),
+                        duplicates_dropped=int(attrs.get("duplicates_dropped", 0)))
 
 
 def label_names(config: dict) -> list[str]:

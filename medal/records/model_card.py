@@ -88,6 +88,46 @@ def teacher_section(config: dict) -> str:
             f"temperature t.\n\n" + "\n".join(rows) + "\n\n" + "\n".join(licences) + "\n")
 
 
+def data_section(config: dict, facts: DatasetFacts) -> str:
+    """Where the training data came from, and for an imported dataset the repeated images its import found."""
+    if not facts.imported:
+        origin = (f"{facts.name}, MedMNIST v2, {config['size']} px file, official train split (validation split for "
+                  f"model selection). File MD5\n`{config['data_md5']}`")
+    else:
+        origin = (f"{facts.name}, {facts.description}, {config['size']} px, its train split (val split for model "
+                  f"selection)")
+    return (f"{origin}; fingerprint of all splits' images and labels (SHA-256) `{config['data_fingerprint']}`.\n"
+            f"Licence: {facts.license}.\n" + duplicates_note(facts))
+
+
+def duplicates_note(facts: DatasetFacts) -> str:
+    """The import's count of repeated images (none for MedMNIST, or an import older than the count)."""
+    d = facts.duplicates
+    if d is None:
+        return ""
+    within, across, dropped = d["within_splits"], d["across_splits"], facts.duplicates_dropped
+    if not within and not across:
+        return "\n**Duplicates**: none; no image's decoded pixels repeat another's (compared at import).\n"
+    text = (f"\n**Duplicates** (decoded pixels compared at import): {across} across splits (val/test images "
+            f"repeating an image of another split), {within} within splits (images repeating an earlier one of the "
+            f"same split).")
+    if dropped:
+        text += f" {dropped} of the former, the val/test copies of training images, were dropped at import (`--drop-duplicates`)."
+    if across - dropped:
+        text += f" Still in val/test: {across - dropped}, inflating the metrics below."
+    return text + "\n"
+
+
+def leakage_limitation(facts: DatasetFacts) -> str:
+    """A Limitations bullet when val/test images that repeat another split's were kept."""
+    left = (facts.duplicates or {}).get("across_splits", 0) - facts.duplicates_dropped
+    if left <= 0:
+        return ""
+    return (f"- **Leakage**: val/test images repeating an image of another split remain ({left}, see Data); the "
+            f"test metrics above are inflated by them. `medal import-dataset --drop-duplicates` leaves out the copies "
+            f"of training images.\n")
+
+
 def render(config: dict, metrics: dict, run_name: str) -> str:
     facts = dataset_facts(config)
     teachers = ", ".join(teacher_label(name) for name in config.get("teachers") or []) or "no teacher"
@@ -133,10 +173,7 @@ The loss is alpha * CE(labels) + (1 - alpha) * t^2 * KL(teacher_t || student_t).
 
 ### Data
 
-{facts.name}, MedMNIST v2, {size} px file, official train split (validation split for model selection). File MD5
-`{config['data_md5']}`; fingerprint of all splits' images and labels (SHA-256) `{config['data_fingerprint']}`.
-Licence: {facts.license}.
-
+{data_section(config, facts)}
 ## Evaluation
 
 MedMNIST's official metrics (`medmnist.evaluator.getAUC` / `getACC`) on the official splits; the test
@@ -166,7 +203,7 @@ for further experiments on {facts.name}-like images.
 - Images of another size or colour mode are converted to the dataset's ({size} px, {facts.channels} channel(s)); that
   conversion is not what the training images went through at their source.
 - Metrics above are on one split with one seed; they carry sampling noise.
-- Data licence: {facts.license} (MedMNIST v2, Yang et al., Scientific Data 2023, and the source dataset's authors);
+{leakage_limitation(facts)}- Data licence: {facts.license} (MedMNIST v2, Yang et al., Scientific Data 2023, and the source dataset's authors);
   {'non-commercial use only, and ' if 'NC' in facts.license else ''}cite them when you use this model.
 
 ## How to use

@@ -4,7 +4,8 @@ Images are decoded with Pillow, made 8-bit, converted to the dataset's channel c
 to S x S with Pillow's bicubic filter (antialiased when shrinking; the aspect ratio is not
 kept, as MedMNIST does not keep it) and written 256 at a time, so memory stays bounded
 whatever the size of the set. Decoding runs on a few threads (Pillow releases the GIL); the
-output does not depend on their number.
+output does not depend on their number. Each image's decoded pixels are hashed on the way, to
+find the images that repeat another (see medal.data.imported.duplicates).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image, ImageOps
 
 import medal
 from medal.data.base import SPLITS
+from medal.data.imported.duplicates import Duplicates, pixel_digest
 from medal.data.imported.sources import Item, Listing, assign_splits, decide_task, order_classes, read_source, some
 from medal.data.imported.store import SHARD_ROWS, DatasetWriter, data_dir, read_attrs
 from medal.runtime.errors import MedalError
@@ -46,6 +48,7 @@ class ImportConfig:
     skip_bad: bool = False
     data_dir: Path | None = None
     force: bool = False
+    drop_duplicates: bool = False  # leave out the val/test images whose pixels repeat a training image's
 
 
 @dataclass
@@ -86,14 +89,17 @@ def import_dataset(cfg: ImportConfig) -> ImportResult:
     check_coverage({s: label_matrix([i for i in listing.items if i.split == s and str(i.path) not in bad], width)
                     for s in SPLITS}, listing)
     channels = cfg.channels or (3 if any(m in COLOUR_MODES for m in modes.values()) else 1)
+    duplicates = Duplicates(drop=cfg.drop_duplicates)
     with DatasetWriter(final, cfg.size, channels, width) as writer:
-        skipped = write_splits(writer, listing, cfg.size, channels, bad, cfg.skip_bad)
+        skipped = write_splits(writer, listing, cfg.size, channels, bad, cfg.skip_bad, duplicates)
+        if duplicates.warning():  # before the coverage check: dropped copies may be what empties a class
+            warn(duplicates.warning())
         written = {s: writer.labels(s) for s in SPLITS}
         check_coverage(written, listing)
         attrs = {"name": cfg.name, "task": task, "label_names": listing.label_names, "interpolation": INTERPOLATION,
                  "source": str(Path(cfg.source).expanduser().resolve()),
                  "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "medal_version": medal.__version__}
+                 "medal_version": medal.__version__, **duplicates.as_attrs()}
         path = writer.commit(attrs)
     if skipped:
         warn(f"skipped {len(skipped)} unreadable images (--skip-bad): {some(skipped)}.")
@@ -132,13 +138,15 @@ def reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """(size, size, channels) uint8: EXIF orientation applied, 8-bit, converted, bicubic-resized."""
+def load_image(path: Path, size: int, channels: int) -> tuple[np.ndarray, bytes]:
+    """(size, size, channels) uint8: EXIF orientation applied, 8-bit, converted, bicubic-resized; and the
+    digest of the decoded pixels before any conversion (what duplicates are found by)."""
     with Image.open(path) as im:
-        im = eight_bit(ImageOps.exif_transpose(im))
-        im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BICUBIC)
+        im = ImageOps.exif_transpose(im)
+        digest = pixel_digest(im)
+        im = eight_bit(im).convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BICUBIC)
         array = np.asarray(im, dtype=np.uint8)
-    return array[..., None] if channels == 1 else array
+    return (array[..., None] if channels == 1 else array), digest
 
 
 def eight_bit(im: Image.Image) -> Image.Image:
@@ -153,9 +161,10 @@ def eight_bit(im: Image.Image) -> Image.Image:
 
 
 def write_splits(writer: DatasetWriter, listing: Listing, size: int, channels: int, bad: dict[str, str],
-                 skip_bad: bool) -> list[str]:
-    """Decode and write every split, SHARD_ROWS images at a time; returns the unreadable images skipped."""
-    def decode(item: Item) -> tuple[Item, np.ndarray | None, str | None]:
+                 skip_bad: bool, duplicates: Duplicates) -> list[str]:
+    """Decode and write every split, SHARD_ROWS images at a time, counting (and maybe dropping) repeated
+    images in `duplicates` in write order; returns the unreadable images skipped."""
+    def decode(item: Item) -> tuple[Item, tuple[np.ndarray, bytes] | None, str | None]:
         try:
             return item, load_image(item.path, size, channels), None
         except Exception as exc:  # a truncated or corrupt file fails only now, when its pixels are read
@@ -171,8 +180,9 @@ def write_splits(writer: DatasetWriter, listing: Listing, size: int, channels: i
             for start in range(0, len(items), SHARD_ROWS):
                 decoded = list(pool.map(decode, items[start : start + SHARD_ROWS]))
                 bar.update(len(decoded))
-                failed.update({str(item.path): why for item, image, why in decoded if image is None})
-                block = [(item, image) for item, image, _ in decoded if image is not None]
+                failed.update({str(item.path): why for item, loaded, why in decoded if loaded is None})
+                block = [(item, loaded[0]) for item, loaded, _ in decoded
+                         if loaded is not None and duplicates.keep(loaded[1], split)]
                 if block:
                     writer.write(split, kept, np.stack([image for _, image in block]),
                                  np.array([item.label for item, _ in block], dtype=np.int64))
@@ -200,7 +210,7 @@ def check_coverage(labels: dict[str, np.ndarray], listing: Listing) -> None:
     medmnist's AUC is per class and undefined otherwise, and the val AUC picks the kept epoch."""
     empty = [f"{s}/" for s in SPLITS if len(labels[s]) == 0]
     if empty:
-        raise MedalError(f"a split without images: {', '.join(empty)} (after unreadable images were skipped).")
+        raise MedalError(f"a split without images: {', '.join(empty)} (after --skip-bad and --drop-duplicates).")
     problems = []
     for s in SPLITS:
         for name, k in zip(listing.label_names, per_class(labels[s], listing)):
@@ -221,6 +231,10 @@ def summary(result: ImportResult) -> str:
              f"{a['size']}x{a['size']}x{a['channels']} ({a['interpolation']}) -> {result.path}"]
     if result.skipped:
         lines.append(f"skipped {len(result.skipped)} unreadable images (--skip-bad)")
+    repeats = a["duplicates"]
+    if repeats["within_splits"] or repeats["across_splits"]:
+        dropped = f", {a['duplicates_dropped']} val/test copies of training images dropped" if a["duplicates_dropped"] else ""
+        lines.append(f"duplicates: {repeats['within_splits']} within splits, {repeats['across_splits']} across splits{dropped}")
     lines += ["", "| class | train | val | test |", "|---|---|---|---|"]
     for i, name in enumerate(a["label_names"]):
         lines.append(f"| {name} | " + " | ".join(str(result.counts[s][i]) for s in SPLITS) + " |")

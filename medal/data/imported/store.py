@@ -4,7 +4,9 @@ Layout of `<data dir>/<name>.zarr`:
 
     attrs               medal_dataset_format (1), name, task (a medmnist task string),
                         label_names, size, channels, n_samples {split: n}, fingerprint,
-                        interpolation, source, created, medal_version
+                        interpolation, source, created, medal_version,
+                        duplicates {within_splits, across_splits}, duplicates_dropped
+                        (medal.data.imported.duplicates defines them)
     {split}/images      (N, S, S, C) uint8   one image per chunk, 256 images per shard, Blosc/zstd
     {split}/labels      (N, L) int64         class index (L = 1), or 0/1 per label (multi-label)
 
