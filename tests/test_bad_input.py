@@ -6,7 +6,7 @@ import urllib.error
 
 import pytest
 import torchvision.datasets.utils
-from conftest import error_lines, run_cli
+from conftest import error_lines, make_npz, run_cli
 
 
 def _offline(*args, **kwargs):
@@ -30,6 +30,8 @@ CASES = {
     "alpha > 1": (["distill", "--dataset", "bloodmnist", "--alpha", "1.5"], "alpha must lie in [0, 1]"),
     "alpha < 0": (["distill", "--dataset", "bloodmnist", "--alpha", "-0.1"], "alpha must lie in [0, 1]"),
     "unknown student": (["distill", "--dataset", "bloodmnist", "--student", "resnet5000"], "unknown student"),
+    "val without a class": (["distill", "--dataset", "bloodmnist", "--root", "{few}", "--alpha", "1"],
+                            "val split has no images of class 4, 5, 6, 7"),
     "no cache": (["distill", "--dataset", "bloodmnist", "--root", "{data}"], "no teacher cache"),
     "no dataset": (["distill"], "pass --dataset"),
     "not a run": (["evaluate", "{tmp}"], "not a finished medal run"),
@@ -44,7 +46,8 @@ def test_bad_input(name, blood_root, vits_weights, tmp_path, capsys, monkeypatch
     cache_dir, runs = tmp_path / "cache", tmp_path / "runs"
     (tmp_path / "empty").mkdir()
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    places = {"empty": tmp_path / "empty", "data": blood_root, "weights": vits_weights, "tmp": tmp_path,
+    make_npz(tmp_path / "few", "bloodmnist", {"train": 16, "val": 4, "test": 8})  # val holds classes 0-3 only
+    places = {"few": tmp_path / "few", "empty": tmp_path / "empty", "data": blood_root, "weights": vits_weights, "tmp": tmp_path,
               "junk": tmp_path / "junk.pth"}
     args, expected = CASES[name]
     args = [a.format(**places) for a in args]

@@ -50,6 +50,20 @@ def check_labels(path: Path, flag: str, split: str, labels: np.ndarray) -> None:
         raise MedalError(f"{name} hold {where}, outside {flag}'s classes 0..{classes - 1}.")
 
 
+def check_val_classes(name: str, labels: np.ndarray, outputs: int, multi_label: bool) -> None:
+    """Every class (every label's 0 and 1) in the val split: without one, validation AUC, which picks
+    the kept epoch, is undefined, and a run would train to the end and keep nothing."""
+    if multi_label:
+        missing = [c for c in range(outputs) if len(np.unique(labels[:, c])) < 2]
+    else:
+        missing = sorted(set(range(outputs)) - set(np.unique(labels).tolist()))
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+        kind = "labels that are never both 0 and 1" if multi_label else "no images of class"
+        raise MedalError(f"{name}'s val split has {kind} {shown}: validation AUC, which selects the kept epoch, "
+                         f"is undefined; give val every class.")
+
+
 def check_same_image_size(path: Path, images: dict[str, np.ndarray]) -> None:
     """Every split at one height, width and channel count (the student and teacher see one shape)."""
     shapes = {split: array.shape[1:] for split, array in images.items()}

@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import medal
 from medal.cache.store import TeacherCache, cache_dir, find_cache, list_caches
 from medal.data.base import Dataset
+from medal.data.checks import check_val_classes
 from medal.data.medmnist import default_root
 from medal.data.preprocess import INTERPOLATIONS, MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
 from medal.data.resolve import dataset_name, is_path, resolve_dataset
@@ -189,6 +190,7 @@ def run_distill(cfg: DistillConfig) -> Path:
     """
     set_deterministic(cfg.deterministic)  # before anything touches CUDA
     data, caches = prepare(cfg)
+    check_val_classes(data.flag, data.splits["val"].labels, data.num_outputs, data.multi_label)
     world = init_world(resolve_device(cfg.device))
     device = world.device(resolve_device(cfg.device))
     out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / cfg.run_name(data.flag, cfg.teacher)
