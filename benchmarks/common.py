@@ -243,18 +243,23 @@ def results_header(title: str, device: torch.device, path: Path) -> str:
     """A dated, attributed section header for `path` (with the file's title when it is new)."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     fresh = not path.exists() or path.stat().st_size == 0
-    return ((RESULTS_TITLE if fresh else "") + f"\n## {title}, {now}\n\n"
+    return ((RESULTS_TITLE if fresh else "") + f"\n### {title}, {now}\n\n"
             f"device: {device_name(device)}; {versions()}\n\n"
             f"command: `{Path(sys.executable).name} {shlex.join(sys.argv)}`\n\n")
 
 
+SUPERSEDED = "## Superseded and older runs"
+
+
 def report(title: str, body: str, args: argparse.Namespace, device: torch.device) -> None:
-    """Print the result; with --append, add it to that file under a dated, attributed header."""
+    """Print the result; with --append, add it to that file under a dated, attributed header, at the end of
+    its current sections (before "## Superseded and older runs", where RESULTS.md has one)."""
     print(body)
     if not args.append:
         return
     path: Path = args.append
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = results_header(title, device, path)
-    with path.open("a") as fh:
-        fh.write(header + body + "\n")
+    entry = results_header(title, device, path) + body + "\n"
+    text = path.read_text() if path.exists() else ""
+    head, mark, tail = text.partition(SUPERSEDED)
+    path.write_text(head + entry + "\n" + mark + tail if mark else text + entry)

@@ -75,10 +75,23 @@ def bare_epochs(root: Path, student: str, image_size: int, epochs: int, batch_si
 
 
 def medal_epochs(root: Path, student: str, image_size: int, epochs: int, batch_size: int, seed: int,
-                 out: Path) -> list[float]:
-    """Seconds between `medal distill`'s epoch lines (the first: from the start of training)."""
+                 out: Path) -> tuple[list[float], list[float]]:
+    """Seconds between `medal distill`'s epoch lines (the first: from the start of training), and the
+    seconds per epoch the training thread spent in `Checkpoint.save` and `write_outputs` (the checkpoint,
+    history.csv, best.pt), in the order the epochs ran."""
     marks: list[float] = []
+    saving: list[float] = []
     train_student, log = distill.train_student, distill.log
+    save, write_outputs = distill.Checkpoint.save, distill.write_outputs
+
+    def timed(fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                saving.append(time.perf_counter() - start)
+        return call
 
     def timed_train(*args, **kwargs):
         marks.append(time.perf_counter())
@@ -90,13 +103,16 @@ def medal_epochs(root: Path, student: str, image_size: int, epochs: int, batch_s
         log(line)
 
     distill.train_student, distill.log = timed_train, timed_log
+    distill.Checkpoint.save, distill.write_outputs = timed(save), timed(write_outputs)
     try:
         cfg = distill.DistillConfig(dataset="bloodmnist", root=root, student=student, image_size=image_size, epochs=epochs,
                                     batch_size=batch_size, alpha=1.0, seed=seed, device="cpu", out=str(out), force=True)
         distill.run_distill(cfg)
     finally:
         distill.train_student, distill.log = train_student, log
-    return [b - a for a, b in zip(marks, marks[1:])]
+        distill.Checkpoint.save, distill.write_outputs = save, write_outputs
+    per_epoch = [sum(saving[i:i + 2]) for i in range(0, len(saving), 2)]  # save, then write_outputs, each epoch
+    return [b - a for a, b in zip(marks, marks[1:])], per_epoch
 
 
 def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size: int, epochs: int,
@@ -104,13 +120,15 @@ def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size:
     """Median bare and medal epoch seconds (warm-up epochs dropped), over two alternating rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         root = write_data(Path(tmp), n_train, n_val, seed)
-        bare, ours = [], []
+        bare, ours, saving = [], [], []
         for round_ in range(2):
             bare += bare_epochs(root, student, image_size, epochs, batch_size, seed)[1:]
-            ours += medal_epochs(root, student, image_size, epochs, batch_size, seed, Path(tmp) / f"run{round_}")[1:]
+            epoch_s, save_s = medal_epochs(root, student, image_size, epochs, batch_size, seed, Path(tmp) / f"run{round_}")
+            ours, saving = ours + epoch_s[1:], saving + save_s[1:]
     return {"student": student, "image_size": image_size, "train": n_train, "val": n_val, "batch_size": batch_size,
             "threads": torch.get_num_threads(), "bare_s": statistics.median(bare), "medal_s": statistics.median(ours),
-            "ratio": statistics.median(ours) / statistics.median(bare), "bare_all": bare, "medal_all": ours}
+            "checkpoint_s": statistics.median(saving), "ratio": statistics.median(ours) / statistics.median(bare),
+            "bare_all": bare, "medal_all": ours, "checkpoint_all": saving}
 
 
 def main() -> None:
