@@ -1,7 +1,22 @@
-"""medal: DINOv2 -> ResNet50 distillation for MedMNIST, with the teacher paid for once."""
+"""medal: DINOv2 -> ResNet50 distillation for MedMNIST, with the teacher paid for once.
 
-import medal.models.resnet28  # noqa: F401,E402  (registers resnet18_28, resnet50_28, resnet10n_28 with timm)
-from medal.losses.kd_loss import kd_loss
+Importing medal loads neither torch nor timm, so that `medal --help` answers at once: `kd_loss`
+is imported on first use, and medal's (28) ResNets are registered with timm when timm is
+imported (medal/models/timm_hook.py).
+"""
+
+from medal.models.timm_hook import register_with_timm
 
 __version__ = "0.1.0"
 __all__ = ["kd_loss", "__version__"]
+
+register_with_timm()
+
+
+def __getattr__(name: str):
+    """`from medal import kd_loss` without importing torch at `import medal`."""
+    if name == "kd_loss":
+        from medal.losses.kd_loss import kd_loss
+
+        return kd_loss
+    raise AttributeError(f"module 'medal' has no attribute {name!r}")

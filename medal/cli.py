@@ -204,10 +204,10 @@ def import_dataset(
 @cache_app.command("ls")
 def cache_ls(cache_dir: Optional[Path] = CacheDirOpt, as_json: bool = JsonOpt) -> None:
     """List the teacher caches, with what they were computed from."""
-    from medal.cache.store import cache_dir as resolve
-    from medal.cache.store import list_caches
+    from medal.cache.catalog import cache_dir as resolve
+    from medal.cache.catalog import list_entries
 
-    caches = list_caches(resolve(cache_dir))
+    caches = list_entries(resolve(cache_dir))
     if as_json:
         print(json.dumps([{"key": c.key, "path": str(c.path), **c.attrs} for c in caches], indent=2))
         return
@@ -225,10 +225,10 @@ def cache_ls(cache_dir: Optional[Path] = CacheDirOpt, as_json: bool = JsonOpt) -
 def cache_info(key: str = typer.Argument(..., help="A cache key (or unique prefix) from `medal cache ls`."),
                cache_dir: Optional[Path] = CacheDirOpt) -> None:
     """Print one cache's provenance as JSON."""
-    from medal.cache.store import cache_dir as resolve
-    from medal.cache.store import find_cache
+    from medal.cache.catalog import cache_dir as resolve
+    from medal.cache.catalog import find_entry
 
-    cache = find_cache(resolve(cache_dir), key)
+    cache = find_entry(resolve(cache_dir), key)
     print(json.dumps({"key": cache.key, "path": str(cache.path), **cache.attrs}, indent=2))
 
 

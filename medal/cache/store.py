@@ -28,16 +28,22 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
-import shlex
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from medal.cache.catalog import (
+    FORMAT,
+    CacheEntry,
+    cache_dir,
+    find_entry,
+    list_entries,
+    open_entry,
+    rebuild_command,
+)
 from medal.data.base import SPLITS
 from medal.runtime.distributed import World
 from medal.runtime.errors import MedalError
@@ -45,7 +51,6 @@ from medal.runtime.filelock import FileLock
 from medal.runtime.log import log
 from medal.runtime.zarr_codecs import COMPRESSORS
 
-FORMAT = 2  # bump when the layout changes; older caches are then refused with a rebuild hint (2: crc32c)
 CHUNK_ROWS = 4096
 ARRAY_CONFIG = {"write_empty_chunks": True}  # store every chunk: a missing chunk file is then damage
 ARRAYS = tuple(f"{s}/{a}" for s in SPLITS for a in ("features", "logits", "labels")) + ("head/weight", "head/bias")
@@ -57,37 +62,11 @@ def cache_arrays(attrs: dict) -> tuple[str, ...]:
     return RUN_TEACHER_ARRAYS if attrs.get("teacher_kind") == "run" else ARRAYS
 
 
-def cache_dir(path: Path | str | None = None) -> Path:
-    """--cache-dir, else $MEDAL_CACHE_DIR, else ~/.cache/medal."""
-    chosen = path or os.environ.get("MEDAL_CACHE_DIR") or Path.home() / ".cache" / "medal"
-    return Path(chosen).expanduser()
-
-
 def cache_key(dataset: str, size: int, teacher: str, image_size: int, weights_id: str) -> str:
     """`teacher` is filename-safe (medal.models.teacher_spec.teacher_label); weights_id a SHA-256 (its first 12 digits are
     kept) or a hub tag (hashed)."""
     short = weights_id[:12] if len(weights_id) == 64 else hashlib.sha256(weights_id.encode()).hexdigest()[:12]
     return f"{dataset}_{size}_{teacher}_{image_size}_{short}"
-
-
-def rebuild_command(attrs: dict, root: Path) -> str:
-    """The `medal cache-teacher ... --force` command that recomputes a cache, from what it recorded."""
-    if "dataset" not in attrs or "teacher" not in attrs:
-        return "medal cache-teacher --dataset DATASET --teacher TEACHER --force"
-    args = ["medal", "cache-teacher", "--dataset", attrs["dataset"], "--size", attrs.get("size", 28),
-            "--teacher", attrs["teacher"], "--image-size", attrs["image_size"]]
-    if "data_root" in attrs:
-        args += ["--root", attrs["data_root"]]
-    if attrs.get("weights", "timm hub") != "timm hub" and attrs.get("teacher_kind") != "run":
-        args += ["--weights", attrs["weights"]]
-    if attrs.get("teacher_args"):
-        args += ["--teacher-args", attrs["teacher_args"]]
-    for flag, value in (("--head-epochs", attrs.get("head", {}).get("epochs")), ("--chunk-rows", attrs.get("chunk_rows")),
-                        ("--batch-size", attrs.get("batch_size"))):
-        if value is not None:
-            args += [flag, value]
-    args += ["--cache-dir", Path(root).resolve(), "--force"]
-    return " ".join(shlex.quote(str(a)) for a in args)
 
 
 def _create_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype, chunk_rows: int) -> zarr.Array:
@@ -147,22 +126,8 @@ def read_array(group: Path, name: str, label: str, rebuild: str) -> np.ndarray:
     raise MedalError(f"{label}: array {name} is damaged ({where}); rebuild it with `{rebuild}`.")
 
 
-@dataclass
-class TeacherCache:
-    """A finished cache, opened read-only."""
-
-    path: Path
-
-    @property
-    def key(self) -> str:
-        return self.path.name.removesuffix(".zarr")
-
-    @property
-    def attrs(self) -> dict:
-        return dict(self._group().attrs)
-
-    def _group(self) -> zarr.Group:
-        return zarr.open_group(self.path, mode="r")
+class TeacherCache(CacheEntry):
+    """A finished cache, opened read-only: its provenance (CacheEntry) and its arrays."""
 
     def array(self, name: str) -> np.ndarray:
         """Every reader goes through here: a damaged chunk ends in one line with the rebuild command."""
@@ -179,37 +144,17 @@ class TeacherCache:
 
 
 def open_cache(path: Path) -> TeacherCache:
-    path = Path(path)
-    try:
-        attrs = dict(zarr.open_group(path, mode="r").attrs)
-    except Exception:
-        raise MedalError(f"{path} is not a medal teacher cache.") from None
-    if attrs.get("medal_cache_format") != FORMAT:
-        raise MedalError(f"{path} was written by another medal cache format; rebuild it with "
-                         f"`{rebuild_command(attrs, path.parent)}`.")
-    return TeacherCache(path)
+    return TeacherCache(open_entry(path).path)
 
 
 def list_caches(root: Path) -> list[TeacherCache]:
     """Every finished cache under root, oldest first; temporary and foreign folders are skipped."""
-    found = []
-    for path in sorted(Path(root).glob("*.zarr")):
-        try:
-            found.append(open_cache(path))
-        except MedalError:
-            continue
-    return sorted(found, key=lambda c: c.attrs.get("created", ""))
+    return [TeacherCache(entry.path) for entry in list_entries(root)]
 
 
 def find_cache(root: Path, key: str) -> TeacherCache:
     """A cache by full key or unique prefix."""
-    caches = list_caches(root)
-    hits = [c for c in caches if c.key == key] or [c for c in caches if c.key.startswith(key)]
-    if len(hits) != 1:
-        known = ", ".join(c.key for c in caches) or "none"
-        what = "no" if not hits else "more than one"
-        raise MedalError(f"{what} cache in {root} matches {key!r} (cached: {known}).")
-    return hits[0]
+    return TeacherCache(find_entry(root, key).path)
 
 
 class CacheWriter:
