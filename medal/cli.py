@@ -284,8 +284,8 @@ def sweep(
     interpolation: str = InterpolationOpt,
     deterministic: bool = DeterministicOpt,
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where the run directories go, one per point."),
-    jobs: int = typer.Option(1, "--jobs", help="Points trained at once, each in its own process (for one GPU with spare memory)."),
-    gpus: Optional[str] = typer.Option(None, "--gpus", help="Run points in parallel, one process per GPU: 0,1,2,3 or 'all' (visible GPUs)."),
+    jobs: int = typer.Option(1, "--jobs", help="Points trained at once, in as many worker processes (for one GPU with spare memory)."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="Run points in parallel, one worker process per GPU: 0,1,2,3 or 'all' (visible GPUs)."),
     claim_timeout: float = typer.Option(600.0, "--claim-timeout", help="Seconds without a heartbeat after which a claim from another host is taken over (one from this host: as soon as its process is gone). Same value in every process of a grid."),
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="TensorBoard logs, one folder per point: DIR/<run name>."),
     size: Optional[int] = typer.Option(None, "--size", help="Which MedMNIST file (28, 64, 128, 224); default: the cache's, else 28."),
@@ -419,6 +419,34 @@ def export(
     print(result.check)
     for path in result.files:
         print(f"wrote {path}")
+
+
+@app.command("sweep-worker", hidden=True)
+def sweep_worker() -> None:
+    """Started by `medal sweep --jobs N`: trains the points sent on stdin, each as `medal distill` would."""
+    from medal.study.sweep_worker import serve
+
+    raise typer.Exit(serve(run_in_process))
+
+
+def run_in_process(args: list[str]) -> int:
+    """`medal ARGS` in this process, as a process of its own would run it; returns its exit code."""
+    import traceback
+
+    argv, sys.argv = sys.argv, ["medal", *args]
+    try:
+        main()
+        return 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except Exception:  # noqa: BLE001 (what Python prints for an uncaught exception, and its exit status)
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.argv = argv
 
 
 def _gpus(text: str | None) -> tuple[str, ...]:

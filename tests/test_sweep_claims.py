@@ -11,10 +11,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import make_npz, run_cli
 from tqdm import tqdm
 
 import medal.study.sweep as sweep
+import medal.study.sweep_worker as sweep_worker
 from medal.study import claims
 from medal.pipeline.distill import DistillConfig
 
@@ -110,6 +112,23 @@ def test_live_claim_is_waited_for(tmp_path, capsys, monkeypatch):
     assert (out / "metrics.json").is_file() and not claim.exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_zombie_holds_no_claim():
+    """A process that ended but was never reaped (a SIGKILLed sweep's worker, left to an init that does not
+    reap) is dead: its claims are taken over at once, not after --claim-timeout."""
+    proc = subprocess.Popen([sys.executable, "-c", ""])
+    stat = Path(f"/proc/{proc.pid}/stat")
+    deadline = time.monotonic() + 60
+    while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":  # ended, not yet waited for
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        assert not claims.pid_alive(proc.pid)
+        assert claims.pid_alive(os.getpid())
+    finally:
+        proc.wait()
+
+
 def test_a_stale_claim_is_taken_over_once(tmp_path):
     path = tmp_path / ".point.claim"
     write_claim(path, "elsewhere", "elsewhere/boot", 4242, age=3600)
@@ -123,23 +142,31 @@ def test_a_stale_claim_is_taken_over_once(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-# A stand-in for `python -m medal distill`: notes that it ran, then finishes the run.
-CHILD = """
+# A stand-in for a sweep worker: the real protocol, and for each point a stand-in for `medal distill`
+# that notes that it ran, then finishes the run.
+WORKER = """
 import sys, json, time
 from pathlib import Path
-out, ran = Path(sys.argv[1]), Path(sys.argv[2])
-with open(ran, "a") as f:
-    f.write(out.name + "\\n")
-time.sleep(0.3)
-out.mkdir(parents=True)
-(out / "metrics.json").write_text(json.dumps({}))
+from medal.study.sweep_worker import serve
+ran = Path(sys.argv[1])
+
+def point(args):
+    out = Path(args[args.index("--out") + 1])
+    with open(ran, "a") as f:
+        f.write(out.name + "\\n")
+    time.sleep(0.3)
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({}))
+    return 0
+
+sys.exit(serve(point))
 """
 
 
 def test_parallel_sweeps_share_one_grid(tmp_path, monkeypatch):
-    """Two sweeps with --jobs 2 each (threads here, children as in `--jobs`): every point runs once."""
+    """Two sweeps with --jobs 2 each (threads here, workers as in `--jobs`): every point runs once."""
     ran = tmp_path / "ran.txt"
-    monkeypatch.setattr(sweep, "distill_command", lambda cfg: [sys.executable, "-c", CHILD, str(cfg.out), str(ran)])
+    monkeypatch.setattr(sweep_worker, "worker_command", lambda: [sys.executable, "-c", WORKER, str(ran)])
     points = [sweep.Point(DistillConfig(dataset="bloodmnist", seed=s, out=tmp_path / f"run{s}"), tmp_path / f"run{s}")
               for s in range(6)]
     errors = []

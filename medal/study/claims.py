@@ -47,6 +47,8 @@ HOST, HOST_ID = socket.gethostname(), _host_id()
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs. A zombie does not: it has ended, and its parent (a sweep killed
+    with SIGKILL leaves its workers to init, which in a container may never reap them) has not reaped it."""
     if os.name == "nt":  # os.kill(pid, 0) would terminate it there; leave it to the heartbeat
         return True
     try:
@@ -55,7 +57,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, someone else's
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # not Linux, or gone this instant
+        return True
+    return state not in ("Z", "X")
 
 
 @dataclass(frozen=True)

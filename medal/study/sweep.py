@@ -3,8 +3,8 @@
 Every point is an ordinary run directory named by `DistillConfig.run_name` under --runs-dir,
 so a sweep can be stopped and started again: finished points (metrics.json present) are
 skipped, and an interrupted one is left to `run_distill`, never forced. With --jobs N, N points
-train at once as separate `python -m medal distill` processes: a ResNet50 on 28 px MedMNIST
-uses a small part of one large GPU.
+train at once in N worker processes that each train one point after another
+(`medal.study.sweep_worker`): a ResNet50 on 28 px MedMNIST uses a small part of one large GPU.
 
 Any number of sweep processes, on one machine or on several sharing the runs dir, can work on
 the same grid: each claims a point before it trains it (`medal.study.claims`), moves on past
@@ -14,10 +14,7 @@ points claimed by others, waits for them at the end, and takes over claims whose
 from __future__ import annotations
 
 import math
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -34,6 +31,7 @@ from medal.runtime.io import read_json, write_json
 from medal.runtime.log import log
 from medal.runtime.progress import PlainProgress, interactive, progress
 from medal.study.claims import Claim, acquire, read_holder
+from medal.study.sweep_worker import INTERRUPTED, Worker
 
 POLL_S = 0.5  # how often running children are looked at
 WAIT_S = 1.0  # how often the grid is looked at for points finished or released by other processes
@@ -251,8 +249,8 @@ def run_serial(points: list[Point], bar: tqdm | PlainProgress, claim_timeout: fl
 
 
 def distill_command(cfg: DistillConfig) -> list[str]:
-    """The `python -m medal distill` line that trains one point in its own process."""
-    args = [sys.executable, "-m", "medal", "distill", "--dataset", cfg.dataset, "--t", repr(cfg.t),
+    """The `medal distill` arguments that train one point (a worker runs them, medal.study.sweep_worker)."""
+    args = ["distill", "--dataset", cfg.dataset, "--t", repr(cfg.t),
             "--alpha", repr(cfg.alpha), "--seed", str(cfg.seed), "--student", cfg.student, "--epochs", str(cfg.epochs),
             "--batch-size", str(cfg.batch_size), "--lr", repr(cfg.lr), "--milestones", ",".join(map(str, cfg.milestones)),
             "--patience", str(cfg.patience), "--image-size", str(cfg.image_size), "--device", cfg.device,
@@ -271,65 +269,89 @@ def distill_command(cfg: DistillConfig) -> list[str]:
 
 
 @dataclass
-class Child:
-    point: Point
-    claim: Claim
-    proc: subprocess.Popen
-    slot: int
+class Slot:
+    """One of the --jobs places (one per GPU with --gpus): its worker, once a point needed one, and its point."""
+
+    gpu: str | None
+    worker: Worker | None = None
+    point: Point | None = None
+    claim: Claim | None = None
 
 
 def run_parallel(points: list[Point], jobs: int, bar: tqdm | PlainProgress, gpus: tuple[str, ...] = (),
                  claim_timeout: float = CLAIM_TIMEOUT_S) -> None:
-    """Keep `jobs` child processes busy (each on its own GPU when `gpus` are given) until every point is
-    finished; this process holds each child's claim. After a failure start no more and name its log."""
+    """Keep `jobs` worker processes busy (each on its own GPU when `gpus` are given) until every point is
+    finished; a worker trains one point after another, this process holds each point's claim. After a
+    failure start no more points and name the failed one's log."""
     grid = Grid(points, bar, claim_timeout)
-    running: dict[Path, Child] = {}
+    slots = [Slot(gpus[i] if gpus else None) for i in range(jobs)]
     failed: list[str] = []
-    look_at = 0.0  # when to look at the grid again: at once after a child ended, else every WAIT_S
+    look_at = 0.0  # when to look at the grid again: at once after a point ended, else every WAIT_S
     try:
         while True:
             if time.monotonic() >= look_at:
                 grid.update()
-                while len(running) < jobs and not failed and (got := grid.claim_next(set(running))):
-                    slot = min(set(range(jobs)) - {c.slot for c in running.values()})
-                    running[got[0].out] = start_child(*got, slot, gpus)
+                while not failed and (slot := free_slot(slots)) and (got := grid.claim_next(training(slots))):
+                    start_point(slot, *got)
                 look_at = time.monotonic() + WAIT_S
-            if not running:
+            busy = [slot for slot in slots if slot.point]
+            if not busy:
                 if failed or grid.complete:
                     break
                 grid.wait()
-            time.sleep(POLL_S if running else WAIT_S)
-            for out, child in list(running.items()):
-                if child.claim.lost:  # another process trains it now
-                    child.proc.terminate()
-                    child.proc.wait()
-                elif child.proc.poll() is None:
+            time.sleep(POLL_S if busy else WAIT_S)
+            for slot in busy:
+                point, claim, worker = slot.point, slot.claim, slot.worker
+                if claim.lost:  # another process trains it now
+                    worker.stop()
+                    code = None
+                elif (code := worker.result()) is None:
                     continue
-                del running[out]
-                child.claim.release()
+                slot.point = slot.claim = None
+                if code is None or code in INTERRUPTED or not worker.alive:  # it has ended, or ends now
+                    worker.close()
+                    slot.worker = None
+                claim.release()
                 look_at = 0.0
-                if child.claim.lost:
-                    log(f"sweep: stopped training {out.name}: another process took it over")
-                elif child.proc.returncode == 0:
-                    child.point.log.unlink(missing_ok=True)
+                if claim.lost:
+                    log(f"sweep: stopped training {point.out.name}: another process took it over")
+                elif code == 0:
+                    point.log.unlink(missing_ok=True)
                 else:
-                    failed.append(f"{out.name} (exit {child.proc.returncode}, log {child.point.log})")
+                    failed.append(f"{point.out.name} (exit {code}, log {point.log})")
     finally:
-        for child in running.values():  # Ctrl-C, SIGTERM: stop the children before their claims go
-            child.proc.terminate()
-            child.proc.wait()
-            child.claim.release()
+        busy = [slot for slot in slots if slot.point]  # Ctrl-C, SIGTERM: stop them before their claims go
+        for slot in busy:
+            slot.worker.proc.terminate()  # all at once, then wait for each
+        for slot in busy:
+            slot.worker.stop()
+            slot.claim.release()
+        for slot in slots:
+            if slot.worker:
+                slot.worker.close()
     if failed:
         raise MedalError(f"{len(failed)} sweep run(s) failed, the finished ones are kept: {'; '.join(failed)}.")
 
 
-def start_child(point: Point, claim: Claim, slot: int, gpus: tuple[str, ...]) -> Child:
-    """Start `python -m medal distill` for a claimed point, its output in `.NAME.log`."""
+def free_slot(slots: list[Slot]) -> Slot | None:
+    """A slot with no point, one whose worker is already running first (a new worker costs a start)."""
+    free = [slot for slot in slots if slot.point is None]
+    return next((s for s in free if s.worker is not None and s.worker.alive), free[0] if free else None)
+
+
+def training(slots: list[Slot]) -> set[Path]:
+    return {slot.point.out for slot in slots if slot.point}
+
+
+def start_point(slot: Slot, point: Point, claim: Claim) -> None:
+    """Give a claimed point to the slot's worker (started now if it has none), its output in `.NAME.log`."""
+    if slot.worker is None or not slot.worker.alive:
+        slot.worker = Worker(slot.gpu)
+    cfg = replace(point.cfg, device="cuda") if slot.gpu is not None else point.cfg
+    log(f"sweep: training {point.out.name}" + (f" on GPU {slot.gpu}" if slot.gpu is not None else "")
+        + f" (log {point.log})")
     point.log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus[slot]} if gpus else None
-    cfg = replace(point.cfg, device="cuda") if gpus else point.cfg
-    log(f"sweep: training {point.out.name}" + (f" on GPU {gpus[slot]}" if gpus else "") + f" (log {point.log})")
-    with open(point.log, "w") as f:
-        proc = subprocess.Popen(distill_command(cfg), stdout=f, stderr=subprocess.STDOUT, env=env)
-    claim.add_pid(proc.pid)
-    return Child(point, claim, proc, slot)
+    point.log.write_text("")  # the failure message names it, whatever happens to the worker
+    slot.worker.train(distill_command(cfg), point.log)
+    claim.add_pid(slot.worker.proc.pid)
+    slot.point, slot.claim = point, claim
