@@ -50,7 +50,7 @@ def _milestones(text: str) -> tuple[int, ...]:
 def cache_teacher(
     dataset: str = typer.Option(..., "--dataset", help="A MedMNIST 2D flag (bloodmnist, chestmnist, ...), or an imported dataset's name or .zarr path."),
     teacher: str = typer.Option("dinov2_vitb14", "--teacher", help=TEACHER_SPEC_HELP),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint: DINOv2's official torch.hub .pth, or a timm/HF .safetensors or torch checkpoint (read through timm's loader). Default: download via timm. Not for a run teacher (its best.pt)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Local checkpoint: DINOv2's official torch.hub .pth, or a timm/HF .safetensors or torch checkpoint (tensors only: a pickle's code never runs). Default: download via timm. Not for a run teacher (its best.pt)."),
     teacher_args: Optional[str] = typer.Option(None, "--teacher-args", help="timm teachers: creation arguments the model's config does not carry, KEY=VALUE,... (e.g. init_values=1e-5)."),
     root: Optional[Path] = typer.Option(None, "--root", help="Directory holding the MedMNIST .npz files (default: medmnist's ~/.medmnist)."),
     size: Optional[int] = typer.Option(None, "--size", help="Which MedMNIST file: 28 (default), 64, 128 or 224 pixels; an imported dataset has its own."),

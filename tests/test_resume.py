@@ -84,11 +84,11 @@ def assert_identical(a: Path, b: Path) -> None:
     assert all(torch.equal(ba["model"][k], bb["model"][k]) for k in ba["model"])
 
 
-def start(root: Path, out: Path) -> subprocess.Popen:
+def start(root: Path, out: Path, program: list[str] | None = None, stderr=subprocess.PIPE) -> subprocess.Popen:
     here = str(Path(medal.__file__).parents[1])  # the medal under test, installed or not
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "medal", *map(str, args(root, out))]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, *(program or ["-m", "medal"]), *map(str, args(root, out))]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
 def wait_for_epochs(proc: subprocess.Popen, partial: Path, n: int) -> None:
@@ -142,6 +142,98 @@ def test_kill_9_then_resume_is_identical(root, reference, tmp_path, capsys, monk
     assert [int(row["epoch"]) for row in history(out)] == list(range(1, EPOCHS + 1))
     assert_identical(reference, out)
     assert not partial.exists() and not (out / "checkpoint.pt").exists() and not (out / "lock").exists()
+
+
+# `medal` whose write of epoch 3's checkpoint stops halfway: the temporary file half-written, then a marker
+# file (argv[1]) created, then a long sleep, during which the test sends SIGKILL.
+SLOW_WRITE = """
+import sys, time
+from pathlib import Path
+import torch
+save, marker = torch.save, Path(sys.argv.pop(1))
+
+def slow_save(obj, f, *args, **kwargs):
+    save(obj, f, *args, **kwargs)
+    if isinstance(obj, dict) and obj.get("epoch") == 3 and "optimizer" in obj:
+        data = Path(f).read_bytes()
+        Path(f).write_bytes(data[: len(data) // 2])
+        marker.touch()
+        time.sleep(300)
+
+torch.save = slow_save
+from medal.cli import main
+sys.argv = ["medal", *sys.argv[1:]]
+main()
+"""
+
+
+def wait_for(what, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not what():
+        assert time.monotonic() < deadline, f"waited {seconds} s"
+        time.sleep(0.02)
+
+
+def test_kill_9_while_a_checkpoint_is_written_then_resume_is_identical(root, reference, tmp_path, capsys, monkeypatch):
+    """Training goes on while epoch 3's checkpoint is being written (epochs 4 and 5 skip theirs); a SIGKILL then
+    loses epochs 3 to 5, and the rerun resumes after epoch 2 and ends bit-identical."""
+    out, partial, marker = tmp_path / "run", tmp_path / ".run.partial", tmp_path / "writing"
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        proc = start(root, out, ["-c", SLOW_WRITE, str(marker)], stderr=stderr)
+        try:
+            wait_for(lambda: marker.exists() or proc.poll() is not None)
+            # training goes on while the write sleeps for 300 s: a loop that waited for it would not get here
+            wait_for(lambda: 5 in trained_epochs(log.read_text()) or proc.poll() is not None, seconds=60)
+        finally:
+            proc.kill()
+            proc.communicate()
+    assert marker.exists() and 5 in trained_epochs(log.read_text()), log.read_text()[-2000:]
+    assert any(".checkpoint.pt.tmp-" in p.name for p in partial.iterdir()), "killed while writing"
+    assert torch.load(partial / "checkpoint.pt")["epoch"] == 2
+
+    code, _, err = run_cli(args(root, out), capsys, monkeypatch)
+    assert code == 0, err
+    assert f"resuming {out} from epoch 3 of {EPOCHS} (2 epochs done)" in err
+    assert trained_epochs(err) == list(range(3, EPOCHS + 1))
+    assert_identical(reference, out)
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name], "the killed write's temporary file is gone"
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_one_before(root, reference, tmp_path, capsys, monkeypatch):
+    out, partial = tmp_path / "run", tmp_path / ".run.partial"
+    proc = start(root, out)
+    wait_for_epochs(proc, partial, 3)
+    proc.send_signal(signal.SIGTERM)  # the run waits for the write under way
+    proc.communicate(timeout=120)
+    latest, before = (torch.load(partial / name)["epoch"] for name in ("checkpoint.pt", "checkpoint.previous.pt"))
+    assert 3 <= latest < EPOCHS and before < latest
+    (partial / "checkpoint.pt").write_bytes(b"")  # what a crash could leave of a file written without fsync
+
+    code, _, err = run_cli(args(root, out), capsys, monkeypatch)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ") and "checkpoint" in line]
+    assert len(warnings) == 1 and str(partial / "checkpoint.pt") in warnings[0], err
+    assert f"resuming {out} from epoch {before + 1} of {EPOCHS}" in err
+    assert trained_epochs(err) == list(range(before + 1, EPOCHS + 1))
+    assert_identical(reference, out)
+
+
+def test_no_readable_checkpoint_is_one_error_line(root, reference, tmp_path, capsys, monkeypatch):
+    out, partial = tmp_path / "run", tmp_path / ".run.partial"
+    partial.mkdir()
+    (partial / "checkpoint.pt").write_bytes(b"")
+    (partial / "checkpoint.previous.pt").write_bytes(b"PK\x03\x04 half a zip")
+    code, _, err = run_cli(args(root, out), capsys, monkeypatch)
+    lines = error_lines(err)
+    assert code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {partial / 'checkpoint.pt'} could not be read")
+    assert lines[0].endswith("no earlier checkpoint can be read either: pass --force to start over."), lines
+
+    code, _, err = run_cli(args(root, out, "--force"), capsys, monkeypatch)
+    assert code == 0, err
+    assert trained_epochs(err) == list(range(1, EPOCHS + 1)), "--force starts over"
+    assert history(out) == history(reference)
+    assert (out / "test_scores.npy").read_bytes() == (reference / "test_scores.npy").read_bytes()
 
 
 def test_sigterm_says_how_to_resume_and_settings_must_match(root, reference, tmp_path, capsys, monkeypatch):

@@ -297,6 +297,26 @@ def test_kept_weights_are_the_best_val_auc_epoch(root, tmp_path, capsys, monkeyp
     assert metrics["test"] == pytest.approx(expected)
 
 
+def test_a_skipped_checkpoint_still_keeps_the_best_epoch(root, tmp_path, capsys, monkeypatch):
+    """Epoch 3 (the best) comes while the writer is busy, so it gets no checkpoint; epoch 4's carries its weights,
+    from which best.pt is written: what a resume from epoch 4's checkpoint rewrites best.pt from, too."""
+    from medal.pipeline.checkpoint import Checkpoint
+    from medal.runtime.background import BackgroundWriter
+
+    scored = _script_val_auc(monkeypatch, SCRIPT)
+    offers, saved, busy, save = [], [], BackgroundWriter.busy, Checkpoint.save
+    monkeypatch.setattr(BackgroundWriter, "busy", lambda self: offers.append(1) or len(offers) == 3 or busy(self))
+    monkeypatch.setattr(Checkpoint, "save", lambda self, state: saved.append(state) or save(self, state))
+    run = tmp_path / "run"
+    code, _, err = run_cli(["distill", "--dataset", "bloodmnist", "--root", root, "--alpha", "1", "--lr", "0.01",
+                            "--epochs", "5", "--out", run, *STUDENT], capsys, monkeypatch)
+    assert code == 0, err
+    assert [s["epoch"] for s in saved] == [1, 2, 4, 5] and [s["kept"]["epoch"] for s in saved] == [1, 1, 3, 3]
+    for kept in (saved[2]["kept"]["model"], torch.load(run / "best.pt", map_location="cpu")["model"]):
+        for name, value in scored[2].items():  # the weights epoch 3 was scored with
+            assert torch.equal(kept[name], value), f"not epoch 3's: {name}"
+
+
 def test_patience_stops_the_run(root, tmp_path, capsys, monkeypatch):
     """--patience 2: epochs 4 and 5 do not beat epoch 3, so the run stops after epoch 5 of 8, keeping epoch 3."""
     _script_val_auc(monkeypatch, SCRIPT)

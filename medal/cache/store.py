@@ -48,6 +48,7 @@ from medal.data.base import SPLITS
 from medal.runtime.distributed import World
 from medal.runtime.errors import MedalError
 from medal.runtime.filelock import FileLock
+from medal.runtime.io import publish_dir
 from medal.runtime.log import log
 from medal.runtime.zarr_codecs import COMPRESSORS
 
@@ -287,7 +288,7 @@ class CacheWriter:
         self.group.attrs.put({"medal_cache_format": FORMAT, **attrs})
         if self.final.exists():  # --force, or an outdated cache of the same key
             shutil.rmtree(self.final)
-        self.tmp.rename(self.final)
+        publish_dir(self.tmp, self.final)
         return TeacherCache(self.final)
 
     def finished_feature_chunks(self) -> int:

@@ -16,7 +16,7 @@ from medal.data.facts import DatasetFacts, dataset_facts
 from medal.data.preprocess import MEDMNIST_MEAN, MEDMNIST_STD, Preprocess
 from medal.models.students import build_student
 from medal.runtime.errors import MedalError
-from medal.runtime.io import read_json
+from medal.runtime.io import read_json, read_torch
 
 RUN_FILES = ("config.json", "best.pt", "metrics.json")
 
@@ -59,8 +59,9 @@ def load_student(run: Path, device: torch.device) -> Student:
     facts = dataset_facts(config)
     in_chans = int(config.get("in_chans", 3))
     model = build_student(config["student"], len(facts.label_names), in_chans=in_chans)
+    state = read_torch(run / "best.pt")  # tensors only: a crafted best.pt runs no code
     try:
-        model.load_state_dict(torch.load(run / "best.pt", map_location="cpu")["model"])
+        model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:
         raise MedalError(f"{run / 'best.pt'} does not fit the run's {config['student']} ({type(exc).__name__}).") from None
     prep = Preprocess(config["image_size"], MEDMNIST_MEAN, MEDMNIST_STD, device, channels=in_chans,

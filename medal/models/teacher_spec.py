@@ -5,7 +5,7 @@ A SPEC is one of three kinds:
 - ``dinov2``: one of the four DINOv2 names (`dinov2_vitb14`, ...), loaded by `medal.models.load_teacher`;
 - ``timm``: any timm image model, by registered name (`resnet18`, `convnext_small`, `vit_large_patch16_224`,
   with or without a pretrained tag) or by an identifier timm resolves (`hf-hub:ORG/NAME`, `local-dir:DIR`),
-  with `--weights FILE` (safetensors or a torch checkpoint, read by timm's loader) where the name alone
+  with `--weights FILE` (safetensors or a torch checkpoint, tensors only) where the name alone
   brings no weights. Like DINOv2, its pooled features (`num_classes=0`) are cached and a linear head is
   trained on them; its preprocessing (input size, mean/std, interpolation) is its timm pretrained config's,
   unless `--image-size` says otherwise; `--teacher-args KEY=VALUE,...` are creation arguments the config
@@ -134,7 +134,7 @@ def load_timm_teacher(spec: TeacherSpec, weights: Path | None, image_size: int |
     """A frozen timm backbone whose forward returns its pooled feature (B, D): `num_classes=0`.
 
     Built at `image_size` where the model takes an `img_size` (ViTs), else at its own; loaded from
-    `weights` through timm's reader and the model's own checkpoint filter (its classifier dropped),
+    `weights` (`read_state_dict`) through the model's own checkpoint filter (its classifier dropped),
     strictly, or downloaded by timm when no file is given.
     """
     pretrained = weights is None

@@ -17,7 +17,7 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
 from medal.runtime.errors import MedalError
-from medal.runtime.io import file_hash
+from medal.runtime.io import file_hash, read_torch, write_torch
 from medal.runtime.progress import interactive
 
 TEACHERS = {
@@ -29,6 +29,7 @@ TEACHERS = {
 DEFAULT_TEACHER = "dinov2_vitb14"
 PATCH = 14
 HUB_URL = "https://dl.fbaipublicfiles.com/dinov2/{name}/{name}_pretrain.pth"
+STATE_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")  # where timm's reader looks, in this order
 
 
 def check_teacher(name: str) -> str:
@@ -81,15 +82,33 @@ def prepare_hub_download() -> None:
         huggingface_hub.constants.HF_HUB_OFFLINE = True  # use a cached download, or fail at once, not after retries
 
 
+def read_state_dict(weights: Path) -> dict:
+    """A weights file's state dict where timm's reader finds it (EMA weights first, DDP prefixes dropped), but
+    read as safetensors or tensors only: timm's reader unpickles anything on torch 2.4, and so a crafted
+    file's code would run."""
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            checkpoint = load_file(str(weights), device="cpu")
+        except Exception as exc:  # a damaged header: safetensors' own error types
+            raise MedalError(f"weights {weights} could not be read as safetensors ({type(exc).__name__}).") from None
+    else:
+        checkpoint = read_torch(weights)
+    if isinstance(checkpoint, dict):
+        key = next((k for k in STATE_KEYS if checkpoint.get(k) is not None), None)
+        checkpoint = checkpoint[key] if key else checkpoint
+    if not isinstance(checkpoint, dict):
+        raise MedalError(f"weights {weights} hold no state dict ({type(checkpoint).__name__}).")
+    return timm.models.clean_state_dict(checkpoint)
+
+
 def load_weights(model: nn.Module, teacher: str, weights: Path, filter_fn=checkpoint_filter_fn) -> None:
-    """Load a local checkpoint through timm's reader and a checkpoint filter (DINOv2's by default), strictly,
+    """Load a local checkpoint (`read_state_dict`) through a checkpoint filter (DINOv2's by default), strictly,
     or say why not."""
     if not weights.is_file():
         raise MedalError(f"weights file {weights} does not exist.")
-    try:
-        state = timm.models.load_state_dict(str(weights))
-    except Exception as exc:  # not a checkpoint at all: pickle, zip or safetensors header errors
-        raise MedalError(f"weights {weights} could not be read as a checkpoint ({type(exc).__name__}).") from None
+    state = read_state_dict(weights)
     try:
         model.load_state_dict(filter_fn(state, model), strict=True)
     except (RuntimeError, KeyError, ValueError) as exc:  # missing, unexpected or mis-shaped keys
@@ -119,7 +138,4 @@ def save_random_teacher(teacher: str, path: Path, seed: int = 0) -> Path:
         if name.endswith(("ls1.gamma", "ls2.gamma")):
             value.fill_(1.0)  # DINOv2's 1e-5 LayerScale init would make every image's CLS feature the same
     state["mask_token"] = torch.zeros(1, model.embed_dim)  # present in every official DINOv2 checkpoint
-    tmp = Path(path).with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return Path(path)
+    return write_torch(Path(path), state)

@@ -1,11 +1,15 @@
 """A distill run's resumable checkpoint, and the check that a rerun is the same run.
 
-After every epoch rank 0 writes `checkpoint.pt` atomically into the run's `.NAME.partial`
-folder: the model, optimizer and scheduler, the epoch, every random-number state, the
-best-so-far and patience counters, and the history. It is the commit point of an epoch:
-history.csv and best.pt are written after it, so whatever stops a run, the checkpoint never
-lags behind them, and a resume rewrites both from it. Running the same command again then
-continues after the last finished epoch, and on CPU ends bit-identical to a run never stopped.
+After every epoch rank 0 copies the run's state to CPU memory (`snapshot`): the model, optimizer
+and scheduler, the epoch, every random-number state, the best-so-far and patience counters, the
+history, and the weights best.pt keeps (`kept`). A thread writes it (medal.runtime.background):
+`checkpoint.pt` into the run's `.NAME.partial` folder, durably, the one before it kept as
+`checkpoint.previous.pt` until then. It is the commit point of an epoch: history.csv and best.pt
+are written after it, from it, so whatever stops a run, the checkpoint never lags behind them, and
+a resume rewrites both from it. An epoch whose checkpoint comes while the previous one is still
+being written gets none (the next one follows); the last epoch's is always written. Running the
+same command again then continues after the last checkpoint written, or the one before when that
+cannot be read, and on CPU ends bit-identical to a run never stopped.
 
 A checkpoint only continues the run that wrote it: its settings (`RUN_SETTINGS`) must equal
 the new command's, or the rerun stops and names what differs; `--force` starts over.
@@ -13,17 +17,22 @@ the new command's, or the rerun stops and names what differs; `--force` starts o
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from medal.runtime.background import WriterStats
 from medal.runtime.errors import MedalError
-from medal.runtime.io import write_torch
+from medal.runtime.io import is_temporary, read_torch, write_csv, write_torch
+from medal.runtime.log import log
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.previous.pt"  # the checkpoint before, kept until the next one is on the disk
 LOCK = "lock"  # medal.runtime.filelock on the partial folder: one process trains a run at a time
 
 # config.json keys that decide what a run computes. Data and teachers by content (fingerprint,
@@ -58,7 +67,8 @@ class Checkpoint:
 
     folder: Path
     settings: dict
-    epoch: int = 0
+    epoch: int = 0  # the last epoch written to the disk
+    kept_epoch: int | None = None  # the epoch whose weights best.pt holds, once this process wrote it
 
     @property
     def path(self) -> Path:
@@ -67,25 +77,50 @@ class Checkpoint:
     def start(self, force: bool) -> dict | None:
         """The state to resume from, or None after clearing the folder for a fresh start.
 
-        A folder without a checkpoint (stopped during its first epoch) holds nothing to keep.
+        A folder without a checkpoint (stopped during its first epoch) holds nothing to keep. When the
+        latest checkpoint cannot be read, the one before it is used, and the broken one removed.
         """
-        if force or not self.path.is_file():
+        found = [path for path in (self.path, self.folder / PREVIOUS) if path.is_file()]
+        if force or not found:
             clear(self.folder)
             return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unpickling errors come in many types
-            raise MedalError(f"{self.path} cannot be read ({type(exc).__name__}); pass --force to start over.") from None
+        for path in self.folder.iterdir():
+            if is_temporary(path):
+                path.unlink()  # a write the killed process left unfinished
+        state, unreadable = None, []
+        for path in found:
+            try:
+                state = read_torch(path)
+                break
+            except MedalError as exc:
+                unreadable.append(str(exc).rstrip("."))
+        if state is None:
+            raise MedalError(f"{unreadable[0]}; no earlier checkpoint can be read either: pass --force to start over."
+                             if len(unreadable) > 1 else f"{unreadable[0]}; pass --force to start over.")
+        if unreadable:
+            log(f"warning: {unreadable[0]}; resuming from the checkpoint before it (epoch {state['epoch']})")
+            self.path.unlink()  # the next checkpoint must not keep it as the previous one
         changed = differences(state["settings"], self.settings)
         if changed:
             raise MedalError(f"{self.folder} holds an interrupted run with other settings ({'; '.join(changed)}): "
                              f"run its command again to resume it, or pass --force to start over.")
         self.epoch = state["epoch"]
+        self.write_outputs(state)  # the killed process may have missed them, or written a later epoch's
         return state
 
     def save(self, state: dict) -> None:
-        write_torch(self.path, {"settings": self.settings, **state})
+        """Write an epoch's snapshot, then the files that follow from it (on the writer's thread)."""
+        write_torch(self.path, {"settings": self.settings, **state}, keep=self.folder / PREVIOUS)
         self.epoch = state["epoch"]
+        self.write_outputs(state)
+
+    def write_outputs(self, state: dict) -> None:
+        """history.csv, and best.pt unless it already holds the kept epoch's weights."""
+        write_csv(self.folder / "history.csv", state["history"])
+        kept = state.get("kept")  # None before any epoch was kept; absent from an older medal's checkpoints,
+        if kept is not None and kept["epoch"] != self.kept_epoch:  # whose best.pt is already written
+            write_torch(self.folder / "best.pt", kept)
+            self.kept_epoch = kept["epoch"]
 
     def resuming(self, out: Path, stopped: bool, epochs: int) -> str:
         """The line a resumed run starts with."""
@@ -106,6 +141,45 @@ class Checkpoint:
     def remove(self) -> None:
         """A finished run keeps its outputs, not the state to continue it."""
         self.path.unlink(missing_ok=True)
+        (self.folder / PREVIOUS).unlink(missing_ok=True)
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a state (dicts, lists and tuples of tensors and plain values) with every tensor copied to CPU
+    memory: what a background write may read while training goes on. Tensors shared within `obj` stay shared."""
+    copies: dict[int, torch.Tensor] = {}
+
+    def copy_of(value: Any) -> Any:
+        if isinstance(value, (int, float, str, type(None))):  # immutable: nothing to copy
+            return value
+        if isinstance(value, torch.Tensor):
+            if id(value) not in copies:
+                copies[id(value)] = value.detach().to("cpu", copy=True)
+            return copies[id(value)]
+        if isinstance(value, dict):  # OrderedDict (its _metadata too), a scheduler's Counter: copy.copy keeps them
+            out = copy.copy(value)
+            for key, item in value.items():
+                out[key] = copy_of(item)
+            return out
+        if isinstance(value, (list, tuple)):
+            return type(value)(copy_of(item) for item in value)
+        return copy.deepcopy(value)
+
+    return copy_of(obj)
+
+
+_last_run = WriterStats()
+
+
+def record_stats(stats: WriterStats) -> None:
+    global _last_run
+    _last_run = stats
+
+
+def checkpoint_stats() -> WriterStats:
+    """The checkpoints of the last run this process trained: how many were written and skipped, and the
+    seconds its training thread spent on them (benchmarks/run_overhead.py reports it)."""
+    return _last_run
 
 
 def clear(folder: Path) -> None:

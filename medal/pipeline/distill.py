@@ -7,10 +7,9 @@ each step gathers a batch and its cached teacher logits by index, so the teacher
 A split too large for --max-memory is streamed from a store instead, in the same order (medal.data.stream).
 
 A run directory is built under a temporary name and renamed when complete:
-config.json, history.csv, history.png, best.pt, metrics.json, test_scores.npy, MODEL_CARD.md.
 config.json, history.csv, history.png, best.pt, metrics.json, test_scores.npy, MODEL_CARD.md. Until then the
-temporary folder keeps a checkpoint of the last finished epoch, so the same command run again
-after an interruption goes on from there (`medal.pipeline.checkpoint`).
+temporary folder keeps a checkpoint of the last finished epoch, written while training goes on, so the same
+command run again after an interruption goes on from there (`medal.pipeline.checkpoint`).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,16 +36,17 @@ from medal.data.stream.source import image_source
 from medal.losses.kd_loss import check_hyperparameters
 from medal.models.students import build_student, check_student
 from medal.models.teacher_spec import cache_matcher, parse_teacher, stale_run_cache, teacher_label
-from medal.pipeline.checkpoint import LOCK, Checkpoint, run_settings
+from medal.pipeline.checkpoint import LOCK, Checkpoint, record_stats, run_settings, snapshot
 from medal.pipeline.evaluate import evaluate_model, evaluate_scores, predict, student_channels
 from medal.pipeline.student_step import StudentStep
 from medal.records.model_card import write_model_card
+from medal.runtime.background import BackgroundWriter, Write
 from medal.runtime.device import resolve_device
 from medal.runtime.distributed import World, init_world
 from medal.runtime.errors import MedalError
 from medal.runtime.filelock import FileLock
 from medal.runtime.interrupt import Interrupted, Terminated, exit_code, sigterm_raises
-from medal.runtime.io import write_csv, write_json, write_torch
+from medal.runtime.io import publish_dir, read_torch, write_json
 from medal.runtime.log import log
 from medal.runtime.plots import plot_history
 from medal.runtime.progress import progress
@@ -228,7 +229,7 @@ def run_distill(cfg: DistillConfig) -> Path:
                 trained = True
                 if world.main:
                     last = evaluate_model(student, data, cfg.image_size, device, None, config)  # the weights training ended with
-                    kept = torch.load(partial / "best.pt", map_location="cpu")
+                    kept = read_torch(partial / "best.pt")
                     student.load_state_dict(kept["model"])
                     evaluate_model(student.to(device), data, cfg.image_size, device, partial, config,
                                    extra={"kept": cfg.keep, "kept_epoch": kept["epoch"],
@@ -241,7 +242,7 @@ def run_distill(cfg: DistillConfig) -> Path:
             lock.release()
             if out.exists():
                 shutil.rmtree(out)
-            partial.rename(out)
+            publish_dir(partial, out)
         world.barrier()
     finally:
         if lock is not None:
@@ -275,7 +276,8 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, soft: t
                   resumed: dict | None = None) -> list[dict]:
     """The training loop, continuing `resumed` (a checkpoint's state) when given.
 
-    Rank 0 writes the checkpoint, then history.csv/.png and best.pt into `run`, after every epoch.
+    After every epoch rank 0 hands a copy of the state to a background writer: the checkpoint, then
+    history.csv and best.pt into `run` (`medal.pipeline.checkpoint`); history.png at the end.
     """
     generator = torch.Generator().manual_seed(cfg.seed)  # same seed on every rank: same global order
     if resumed:
@@ -295,54 +297,58 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, soft: t
 
     history: list[dict] = []
     best_auc, since_best, stop, first = -1.0, 0, False, 1
+    kept: dict | None = None  # --keep best: the best epoch's {"model" (a CPU copy), "epoch", "val"}
     if resumed:
         optimizer.load_state_dict(resumed["optimizer"])
         schedule.load_state_dict(resumed["scheduler"])
         history, best_auc, since_best = list(resumed["history"]), resumed["best_auc"], resumed["since_best"]
-        stop, first = resumed["stopped"], resumed["epoch"] + 1
+        stop, first, kept = resumed["stopped"], resumed["epoch"] + 1, resumed.get("kept")
         # Every rank takes rank 0's generators: seeded alike and drawn from alike, they were equal.
         set_rng_state(resumed["rng"], generator, device)
-        if world.main:
-            write_outputs(run, history, resumed, cfg.keep, since_best)  # the killed process may have missed them
     out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / cfg.run_name(data.flag, cfg.teacher)
     scalars = open_scalars(cfg.log_dir, out) if world.main else None
-    for epoch in range(first, cfg.epochs + 1):
-        if stop:
-            break
-        model.train()
-        start = time.perf_counter()
-        order = world.shard(torch.randperm(len(source), generator=generator))
-        batches = [b for b in order.to(device).split(cfg.batch_size) if len(b) > 1]  # BatchNorm cannot train on one sample
-        rows = [b for b in order.to(source.index_device).split(cfg.batch_size) if len(b) > 1]  # what the source reads
-        loss_sum = torch.zeros((), device=device)
-        for idx, images in progress(zip(batches, source.batches(rows)), total=len(batches), desc=f"epoch {epoch}/{cfg.epochs}",
-                                    unit="batch", leave=False, disable=not world.main, line=False):  # the epoch line says it
-            loss_sum += step(idx, images)
-        schedule.step()
-        train_loss = float(world.all_sum(loss_sum)) / (len(batches) * world.size)
-        train_s = time.perf_counter() - start
-        if world.main:
-            val = evaluate_scores(data.splits["val"].labels, predict(student, val_images, prep, data.task, device), data.task)
-            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                   "val_auc": val["auc"], "val_acc": val["acc"], "seconds": round(time.perf_counter() - start, 3)}
-            history.append(row)
-            if scalars:
-                scalars.epoch(row, images_per_s=sum(map(len, batches)) * world.size / train_s)
-            if val["auc"] > best_auc:
-                best_auc, since_best = val["auc"], 0
-            else:
-                since_best += 1
-            stop = bool(cfg.patience) and since_best >= cfg.patience
-            state = {"epoch": epoch, "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": schedule.state_dict(), "rng": rng_state(generator, device), "val": val,
-                     "best_auc": best_auc, "since_best": since_best, "stopped": stop, "history": history}
-            checkpoint.save(state)  # the epoch's commit point: the files below follow from it
-            write_outputs(run, history, state, cfg.keep, since_best)
-            log(f"epoch {epoch:3d}  loss {train_loss:.4f}  val auc {val['auc']:.4f}  acc {val['acc']:.4f}"
-                f"  ({row['seconds']:.1f}s)")
+    with BackgroundWriter() as writer:
+        for epoch in range(first, cfg.epochs + 1):
             if stop:
-                log(f"early stop: val AUC has not improved for {cfg.patience} epochs")
-        stop = world.broadcast(stop)
+                break
+            model.train()
+            start = time.perf_counter()
+            order = world.shard(torch.randperm(len(source), generator=generator))
+            batches = [b for b in order.to(device).split(cfg.batch_size) if len(b) > 1]  # BatchNorm cannot train on one sample
+            rows = [b for b in order.to(source.index_device).split(cfg.batch_size) if len(b) > 1]  # what the source reads
+            loss_sum = torch.zeros((), device=device)
+            for idx, images in progress(zip(batches, source.batches(rows)), total=len(batches),
+                                        desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                                        disable=not world.main, line=False):  # the epoch line says it
+                loss_sum += step(idx, images)
+            schedule.step()
+            train_loss = float(world.all_sum(loss_sum)) / (len(batches) * world.size)
+            train_s = time.perf_counter() - start
+            if world.main:
+                val = evaluate_scores(data.splits["val"].labels, predict(student, val_images, prep, data.task, device),
+                                      data.task)
+                row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                       "val_auc": val["auc"], "val_acc": val["acc"], "seconds": round(time.perf_counter() - start, 3)}
+                history.append(row)
+                if scalars:
+                    scalars.epoch(row, images_per_s=sum(map(len, batches)) * world.size / train_s)
+                if val["auc"] > best_auc:
+                    best_auc, since_best = val["auc"], 0
+                else:
+                    since_best += 1
+                stop = bool(cfg.patience) and since_best >= cfg.patience
+                if since_best == 0 and cfg.keep == "best":  # copied now: this epoch's checkpoint may be skipped
+                    kept = {"model": writer.run_here(partial(snapshot, student.state_dict())), "epoch": epoch, "val": val}
+                fields = {"epoch": epoch, "val": val, "best_auc": best_auc, "since_best": since_best, "stopped": stop,
+                          "history": history}
+                writer.offer(partial(epoch_state, checkpoint, student, optimizer, schedule, generator, device,
+                                     kept, cfg.keep == "last", fields))  # the epoch's commit point
+                log(f"epoch {epoch:3d}  loss {train_loss:.4f}  val auc {val['auc']:.4f}  acc {val['acc']:.4f}"
+                    f"  ({row['seconds']:.1f}s)")
+                if stop:
+                    log(f"early stop: val AUC has not improved for {cfg.patience} epochs")
+            stop = world.broadcast(stop)
+    record_stats(writer.stats)
     if scalars:
         scalars.close()
     if world.main:
@@ -350,8 +356,16 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, soft: t
     return history
 
 
-def write_outputs(run: Path, history: list[dict], state: dict, keep: str, since_best: int) -> None:
-    """history.csv, and best.pt when the epoch in `state` is the one kept."""
-    write_csv(run / "history.csv", history)
-    if since_best == 0 or keep == "last":
-        write_torch(run / "best.pt", {"model": state["model"], "epoch": state["epoch"], "val": state["val"]})
+def epoch_state(checkpoint: Checkpoint, student: nn.Module, optimizer: torch.optim.Optimizer,
+                schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator, device: torch.device,
+                kept: dict | None, keep_last: bool, fields: dict) -> Write:
+    """On the training thread: the epoch's state copied to CPU memory, and the write that saves it.
+
+    `kept` (--keep best) is the best epoch's weights, already a CPU copy: this epoch's model when it is the
+    best (one copy serves both), an earlier one carried along so that a resume rewrites best.pt exactly.
+    """
+    model = kept["model"] if kept is not None and kept["epoch"] == fields["epoch"] else snapshot(student.state_dict())
+    state = {**snapshot(fields), "model": model, "optimizer": snapshot(optimizer.state_dict()),
+             "scheduler": snapshot(schedule.state_dict()), "rng": snapshot(rng_state(generator, device)),
+             "kept": {"model": model, "epoch": fields["epoch"], "val": fields["val"]} if keep_last else kept}
+    return partial(checkpoint.save, state)

@@ -25,7 +25,7 @@ from medal.data.stream.source import ResidentImages, StreamedImages, image_sourc
 from medal.models.students import build_student
 from medal.runtime.device import autocast, resolve_device
 from medal.runtime.errors import MedalError
-from medal.runtime.io import read_json, write_json, write_npy
+from medal.runtime.io import read_json, read_torch, write_json, write_npy
 
 
 def scores_from_logits(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -106,7 +106,7 @@ def load_run(run: Path, device: torch.device, root: Path | None = None, data: Da
     if data.fingerprint != config["data_fingerprint"]:
         raise MedalError(f"the data in {data.path} is not the data {run} was trained on (fingerprint differs).")
     model = build_student(config["student"], data.num_outputs, in_chans=config.get("in_chans", 3))
-    model.load_state_dict(torch.load(run / "best.pt", map_location="cpu")["model"])
+    model.load_state_dict(read_torch(run / "best.pt")["model"])
     prep = Preprocess(config["image_size"], MEDMNIST_MEAN, MEDMNIST_STD, device, channels=config.get("in_chans", 3),
                       interpolation=config.get("interpolation", "bilinear"))
     return LoadedRun(run, config, data, model.to(device).eval(), prep)

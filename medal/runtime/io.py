@@ -1,4 +1,11 @@
-"""File helpers: writes that never leave half a file (temporary name, then rename), and file hashes."""
+"""File helpers: writes that never leave half a file, and file hashes.
+
+Every file medal finishes goes through `atomic`: written under a temporary name, fsync'd, renamed,
+and its folder fsync'd after, so that a crash (or a power cut) leaves the old file or the new one,
+never an empty one. A folder built under a temporary name (a run, a cache, a dataset store) is
+renamed into place by `publish_dir`, its files fsync'd first. Reading a torch checkpoint goes
+through `read_torch`, which unpickles tensors and plain values only, never code.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from medal.runtime.errors import MedalError
+
 
 def file_hash(path: Path, algorithm: str) -> str:
     """Hex digest of a file, read in 1 MiB blocks (datasets and checkpoints are large)."""
@@ -23,17 +32,55 @@ def file_hash(path: Path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
-def atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp) and rename tmp to path once it returned. The temporary name is unique even among
-    processes on several machines writing the same file (a shared sweep's sweep.json)."""
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries, to the disk (a folder's fsync is a no-op where the OS has none)."""
+    flags = os.O_RDONLY
+    if Path(path).is_dir():
+        if not hasattr(os, "O_DIRECTORY"):  # Windows cannot open a folder to flush it
+            return
+        flags |= os.O_DIRECTORY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_temporary(path: Path) -> bool:
+    """A name `atomic` writes under: what a killed writer leaves behind."""
+    return path.name.startswith(".") and ".tmp-" in path.name
+
+
+def atomic(path: Path, write: Callable[[Path], None], keep: Path | None = None) -> Path:
+    """Call write(tmp), make tmp durable and rename it to path. The temporary name is unique even among
+    processes on several machines writing the same file (a shared sweep's sweep.json).
+
+    `keep`: where the file being replaced goes first, so that it stays until the new one is on the disk.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
-        tmp.replace(path)
+        fsync_path(tmp)
+        if keep is not None and path.exists():
+            os.replace(path, keep)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def publish_dir(tmp: Path, final: Path) -> Path:
+    """Rename a folder built under a temporary name into place, durably: every file and folder in it
+    fsync'd first, the parent after. Raises what the rename raises (e.g. `final` exists)."""
+    for folder, _, files in os.walk(tmp):
+        for name in files:
+            fsync_path(Path(folder) / name)
+        fsync_path(Path(folder))
+    Path(tmp).rename(final)
+    fsync_path(Path(final).parent)
+    return Path(final)
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -52,8 +99,17 @@ def write_npy(path: Path, array: np.ndarray) -> Path:
     return atomic(path, save)
 
 
-def write_torch(path: Path, obj: Any) -> Path:
-    return atomic(path, lambda tmp: torch.save(obj, tmp))
+def write_torch(path: Path, obj: Any, keep: Path | None = None) -> Path:
+    return atomic(path, lambda tmp: torch.save(obj, tmp), keep=keep)
+
+
+def read_torch(path: Path) -> Any:
+    """A torch checkpoint on the CPU, unpickled as tensors and plain values only (`weights_only`, which torch 2.4
+    does not default to): a crafted file raises MedalError, and none of its code runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types; refused globals are pickle.UnpicklingError
+        raise MedalError(f"{path} could not be read as a checkpoint of tensors ({type(exc).__name__}).") from None
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

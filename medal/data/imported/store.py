@@ -32,6 +32,7 @@ from medal.data.stream.budget import MemoryBudget
 from medal.data.stream.load import plan_splits, streaming_bytes
 from medal.data.stream.store import StoredImages
 from medal.runtime.errors import MedalError
+from medal.runtime.io import publish_dir
 from medal.runtime.zarr_codecs import COMPRESSORS
 
 FORMAT = 1  # bump when the layout changes; older datasets are then refused with a re-import hint
@@ -187,8 +188,7 @@ class DatasetWriter:
                                  "n_samples": n_samples, "fingerprint": stored_fingerprint(self.group)})
         if self.final.exists():  # --force
             shutil.rmtree(self.final)
-        self.tmp.rename(self.final)
-        return self.final
+        return publish_dir(self.tmp, self.final)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.tmp.exists():

@@ -28,6 +28,7 @@ import numpy as np
 from medmnist.info import INFO
 
 from medal.runtime.errors import MedalError
+from medal.runtime.io import publish_dir
 from medal.runtime.progress import progress
 
 MAX_SHARD_ROWS = 256
@@ -159,7 +160,7 @@ def convert_npz(path: Path, out: Path, flag: str, size: int, md5: str) -> Path:
             "source_file": path.name, "source_md5": md5,
         })
         try:
-            tmp.rename(out)
+            publish_dir(tmp, out)
         except OSError:
             if not (out / "zarr.json").is_file():  # not another process converting the same file first
                 raise

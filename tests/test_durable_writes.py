@@ -1,0 +1,119 @@
+"""Writes that survive a crash, and checkpoints written off the training thread.
+
+- `atomic` flushes the new file before its rename and the folder after it (a crash leaves the old file
+  or the new one, never an empty one), and can keep the file it replaces; `publish_dir` flushes every
+  file of a folder before renaming it into place. Checked by recording the system calls in order.
+- `BackgroundWriter` skips a write offered while the previous one runs, without even preparing it,
+  writes the last skipped one at the end, and hands a failed write's error to the loop's thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from medal.runtime import io
+from medal.runtime.background import BackgroundWriter
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads fsync's file from /proc/self/fd")
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[tuple]:
+    """("fsync", path), ("replace", src, dst) and ("rename", src, dst), in the order they happen."""
+    events: list[tuple] = []
+    fsync, replace, rename = os.fsync, os.replace, os.rename
+
+    def recording_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def recording(name, call):
+        def run(src, dst, *args, **kwargs):
+            events.append((name, str(src), str(dst)))
+            call(src, dst, *args, **kwargs)
+        return run
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording("replace", replace))
+    monkeypatch.setattr(os, "rename", recording("rename", rename))
+    return events
+
+
+@linux
+def test_atomic_flushes_the_file_before_its_rename_and_the_folder_after(tmp_path, calls):
+    path, keep = tmp_path / "state.json", tmp_path / "state.previous.json"
+    path.write_text("old")
+    io.atomic(path, lambda tmp: tmp.write_text("new"), keep=keep)
+    tmp = next(e[1] for e in calls if e[0] == "fsync")
+    assert Path(tmp).name.startswith(".state.json.tmp-")
+    assert calls == [("fsync", tmp), ("replace", str(path), str(keep)), ("replace", tmp, str(path)),
+                     ("fsync", str(tmp_path))]
+    assert (path.read_text(), keep.read_text()) == ("new", "old")
+
+
+@linux
+def test_publish_dir_flushes_every_file_before_the_rename(tmp_path, calls):
+    tmp, final = tmp_path / ".store.partial", tmp_path / "store"
+    files = [tmp / "zarr.json", tmp / "train" / "images" / "c" / "0", tmp / "train" / "labels.json"]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x")
+    io.publish_dir(tmp, final)
+    rename = calls.index(("rename", str(tmp), str(final)))
+    flushed = {e[1] for e in calls[:rename]}
+    assert {str(f) for f in files} | {str(f.parent) for f in files} <= flushed
+    assert calls[rename + 1:] == [("fsync", str(tmp_path))]
+
+
+def offering(writer: BackgroundWriter, release: threading.Event, prepared: list, written: list):
+    """offer(n): a write that records n, the first one held until `release` is set."""
+    def offer(n: int) -> bool:
+        def write() -> None:
+            if n == 1:
+                release.wait(30)
+            written.append(n)
+
+        def prepare():
+            prepared.append(n)
+            return write
+
+        return writer.offer(prepare)
+    return offer
+
+
+def test_a_write_offered_while_one_runs_is_skipped_and_the_last_written_at_the_end():
+    release, prepared, written = threading.Event(), [], []
+    with BackgroundWriter() as writer:
+        offer = offering(writer, release, prepared, written)
+        assert offer(1)
+        assert not offer(2) and not offer(3), "skipped, not waited for"
+        assert prepared == [1] and written == [], "a skipped write is not even prepared"
+        release.set()
+    assert written == [1, 3] and prepared == [1, 3], "the last skipped write is written at the end"
+    assert (writer.stats.written, writer.stats.skipped) == (2, 1)
+
+
+def test_leaving_by_an_exception_waits_for_the_write_under_way_only():
+    release, prepared, written = threading.Event(), [], []
+    with pytest.raises(KeyboardInterrupt), BackgroundWriter() as writer:
+        offer = offering(writer, release, prepared, written)
+        offer(1)
+        offer(2)
+        threading.Timer(0.2, release.set).start()
+        raise KeyboardInterrupt
+    assert written == [1], "the write under way finished; the skipped one held a state the loop had left"
+
+
+def test_a_failed_write_raises_on_the_loops_thread():
+    def failing():
+        raise OSError(28, "No space left on device")
+
+    writer = BackgroundWriter()
+    writer.offer(lambda: failing)
+    with pytest.raises(OSError, match="No space left"):
+        writer.finish()
