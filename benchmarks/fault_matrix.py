@@ -13,11 +13,11 @@ fault_commands.py for the exact command lines and their tiny generated inputs):
    that finishes before its moment (machine load varies) is started again with a moment drawn over
    the wall time it just took, at most twice (the JSON counts these redraws).
 
-SIGKILL goes to the whole process group (the command and every process it started: sweep's distill
-children, torchrun's ranks), as when a job or a machine dies. SIGTERM goes to the process a user
-started, as `kill PID` or a scheduler's time limit sends it; commands that handle it (distill, sweep,
-torchrun) get SIGKILL and SIGTERM in turn, the others SIGKILL alone. One kill per trial, then one
-clean rerun.
+SIGKILL goes to every process of the command (it and all it started: sweep's distill children,
+torchrun's ranks; see fault_processes.py), all stopped first and then killed, as when a job or a
+machine dies. SIGTERM goes to the process a user started, as `kill PID` or a scheduler's time
+limit sends it; commands that handle it (distill, sweep, torchrun) get SIGKILL and SIGTERM in
+turn, the others SIGKILL alone. One kill per trial, then one clean rerun.
 
 One row per command:
 - kills: trials, by signal;
@@ -34,7 +34,7 @@ One row per command:
     python benchmarks/fault_matrix.py --k 10 --seed 0 [--commands distill-ce sweep ...] [--out DIR]
 
 prints the table (markdown) and writes DIR/fault_matrix.json (every trial); exit code 1 when any
-trial was not identical or had a problem. Linux only (process groups, /proc). Every process runs with
+trial was not identical or had a problem. Linux only (/proc). Every process runs with
 OMP_NUM_THREADS=1: bit-identical CPU results need the same thread count in both runs.
 """
 
@@ -57,10 +57,11 @@ from pathlib import Path
 
 from fault_commands import BY_NAME, COMMANDS, FaultCommand, Inputs, make_inputs
 from fault_compare import differences, leftovers
+from fault_processes import Started
 
 REPO = Path(__file__).resolve().parents[1]
-STOP_TIMEOUT_S = 120.0  # a command given SIGTERM must have exited by then
-GROUP_GRACE_S = 30.0  # ... and so must every process it started
+STOP_S = 120.0  # a command given SIGTERM must have exited by then
+GRACE_S = 30.0  # ... and every process it started this much later
 POLL_S = 0.05
 REDRAWS = 2  # kill moments drawn again when the command finished before its moment
 
@@ -89,75 +90,18 @@ def child_env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
 
 
-def start(argv: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen:
-    """The command in a process group of its own, stdout and stderr into `log`."""
-    with open(log, "w") as f:
-        return subprocess.Popen([sys.executable, *argv], env=env, stdout=f, stderr=subprocess.STDOUT, cwd=cwd,
-                                start_new_session=True)
-
-
-def group_alive(pgid: int) -> list[int]:
-    """Processes of a process group that still run (zombies, which only wait to be reaped, are not counted)."""
-    alive = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError, ValueError):
-            continue
-        if int(group) == pgid and state not in "ZX":
-            alive.append(int(stat.parent.name))
-    return alive
-
-
-def kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def settle(proc: subprocess.Popen, problems: list[str], what: str) -> None:
-    """After `proc` exited: every process of its group must follow within GROUP_GRACE_S (then they are killed)."""
-    deadline = time.monotonic() + GROUP_GRACE_S
-    while (alive := group_alive(proc.pid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if alive:
-        problems.append(f"{len(alive)} process(es) still running {GROUP_GRACE_S:g}s after {what} exited")
-        kill_group(proc.pid)
-        while group_alive(proc.pid):
-            time.sleep(0.1)
-
-
-def interrupt(proc: subprocess.Popen, sig: signal.Signals, problems: list[str]) -> int:
-    """Send `sig` (SIGKILL: to the whole group) and wait until the command and its children are gone."""
-    if sig == signal.SIGKILL:
-        kill_group(proc.pid)
-    else:
-        proc.send_signal(sig)
-    try:
-        code = proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        problems.append(f"still running {STOP_TIMEOUT_S:g}s after {sig.name}")
-        kill_group(proc.pid)
-        code = proc.wait()
-    settle(proc, problems, f"the {sig.name}ed command")
-    return code
-
-
 def run_to_end(command: FaultCommand, argv: list[str], env: dict[str, str], log: Path, live: Path,
                timeout: float, problems: list[str]) -> tuple[int, str, float]:
     """(exit code, its log plus what its children logged, seconds): the command run to its end.
 
     Children's logs (sweep's `.NAME.log`, deleted when a point succeeds) are read while they exist."""
     begin = time.monotonic()
-    proc = start(argv, env, log, live.parent)
+    run = Started(argv, env, log, live.parent)
     seen: dict[str, str] = {}
     try:
-        while proc.poll() is None:
+        while run.popen.poll() is None:
             if time.monotonic() - begin > timeout:
                 problems.append(f"rerun still running after {timeout:.0f}s")
-                kill_group(proc.pid)
-                proc.wait()
                 break
             if command.child_logs:
                 for path in live.glob(command.child_logs):
@@ -169,12 +113,11 @@ def run_to_end(command: FaultCommand, argv: list[str], env: dict[str, str], log:
                         seen[path.name] = text
             time.sleep(POLL_S)
     finally:
-        if proc.poll() is None:
-            kill_group(proc.pid)
-            proc.wait()
+        if run.popen.poll() is None:
+            run.kill_all()
     seconds = time.monotonic() - begin
-    settle(proc, problems, "the rerun")
-    return proc.returncode, log.read_text(errors="replace") + "".join(seen.values()), seconds
+    run.settle(GRACE_S, problems, "the rerun")
+    return run.popen.returncode, log.read_text(errors="replace") + "".join(seen.values()), seconds
 
 
 def tail(log: Path, lines: int = 3) -> str:
@@ -186,16 +129,19 @@ def reference_run(command: FaultCommand, inputs: Inputs, folder: Path, env: dict
     live, log = folder / "live", folder / "reference.log"
     live.mkdir(parents=True)
     begin = time.monotonic()
-    proc = start(command.argv(inputs, live), env, log, folder)
+    run = Started(command.argv(inputs, live), env, log, folder)
     try:
-        code = proc.wait()
+        code = run.popen.wait()
     finally:
-        if proc.poll() is None:
-            kill_group(proc.pid)
+        if run.popen.poll() is None:
+            run.kill_all()
     seconds = time.monotonic() - begin
     if code != 0:
         raise SystemExit(f"error: the uninterrupted {command.name} failed (exit {code}): {tail(log)} (log {log})")
-    settle(proc, [], "the reference run")
+    problems: list[str] = []
+    run.settle(GRACE_S, problems, "the reference run")
+    if problems:
+        raise SystemExit(f"error: the uninterrupted {command.name}: {problems[0]}")
     return live.rename(folder / "reference"), seconds
 
 
@@ -211,19 +157,18 @@ def trial(command: FaultCommand, inputs: Inputs, folder: Path, env: dict[str, st
         result.kill_at_s = round(at, 2)
         live.mkdir()
         begin = time.monotonic()
-        first = start(command.argv(inputs, live), env, log, folder)
+        first = Started(command.argv(inputs, live), env, log, folder)
         try:
-            result.exit_code = first.wait(timeout=at)
+            result.exit_code = first.popen.wait(timeout=at)
         except subprocess.TimeoutExpired:
-            result.exit_code = interrupt(first, sig, result.problems)
+            result.exit_code = first.interrupt(sig, STOP_S, GRACE_S, result.problems)
             result.done_before_kill = command.complete(live)
             break
         finally:
-            if first.poll() is None:
-                kill_group(first.pid)
-                first.wait()
+            if first.popen.poll() is None:
+                first.kill_all()
         duration = time.monotonic() - begin
-        settle(first, result.problems, "the command")
+        first.settle(GRACE_S, result.problems, "the command")
         if result.exit_code != 0:
             result.problems.append(f"exit {result.exit_code} before any kill: {tail(log)}")
         if attempt == REDRAWS or result.problems:
