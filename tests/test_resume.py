@@ -1,8 +1,9 @@
 """Repeatable and resumable distill runs: same seed twice, kill -9 and SIGTERM mid-run, then resume.
 
-A tiny timm student (test_resnet) on 28 px toy data, plain CE (--alpha 1, no teacher cache).
-Interrupted runs are real `python -m medal distill` processes; the reruns that resume them and
-the uninterrupted reference run in-process. All single-threaded, so that bits do not depend
+A tiny timm student (test_resnet) on 28 px toy data, plain CE (--alpha 1, no teacher cache), KD from a
+teacher cache, and DDP with two CPU ranks under torchrun (gloo). Interrupted runs are real
+`python -m medal distill` processes; the reruns that resume them and the uninterrupted reference
+run in-process (under torchrun: processes too). All single-threaded, so that bits do not depend
 on how a reduction is split across threads.
 """
 
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,17 +22,32 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import error_lines, make_npz, run_cli
 
 import medal
 
 EPOCHS = 6
+CE = ("--alpha", "1")
 
 
-def args(root: Path, out: Path, *extra: object) -> list[str]:
-    return ["distill", "--dataset", "bloodmnist", "--root", root, "--alpha", "1", "--student", "test_resnet",
+def args(root: Path, out: Path, *extra: object, method: tuple = CE) -> list[str]:
+    return ["distill", "--dataset", "bloodmnist", "--root", root, *method, "--student", "test_resnet",
             "--epochs", EPOCHS, "--batch-size", "16", "--image-size", "28", "--milestones", "2", "--device", "cpu",
             "--out", out, *extra]
+
+
+def in_process(cli_args: list) -> None:
+    """`medal ARGS` in this process, for module-wide fixtures (no capsys there)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["medal", *map(str, cli_args)])
+        torch.set_num_threads(1)
+        from medal.cli import main
+
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, f"medal {cli_args[0]} failed with exit {exc.code}"
 
 
 @pytest.fixture(autouse=True)
@@ -52,15 +69,7 @@ def root(tmp_path_factory) -> Path:
 def reference(root, tmp_path_factory) -> Path:
     """An uninterrupted run with the default seed."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "argv", ["medal", *map(str, args(root, out))])
-        torch.set_num_threads(1)
-        from medal.cli import main
-
-        try:
-            main()
-        except SystemExit as exc:
-            assert not exc.code, f"reference run failed with exit {exc.code}"
+    in_process(args(root, out))
     return out
 
 
@@ -84,11 +93,12 @@ def assert_identical(a: Path, b: Path) -> None:
     assert all(torch.equal(ba["model"][k], bb["model"][k]) for k in ba["model"])
 
 
-def start(root: Path, out: Path, program: list[str] | None = None, stderr=subprocess.PIPE) -> subprocess.Popen:
+def start(cli_args: list, launcher: tuple[str, ...] = ("-m", "medal"), stderr=subprocess.PIPE) -> subprocess.Popen:
+    """`python LAUNCHER ARGS` in a process group of its own (torchrun's ranks included)."""
     here = str(Path(medal.__file__).parents[1])  # the medal under test, installed or not
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, *(program or ["-m", "medal"]), *map(str, args(root, out))]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    cmd = [sys.executable, *launcher, *map(str, cli_args)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
 
 
 def wait_for_epochs(proc: subprocess.Popen, partial: Path, n: int) -> None:
@@ -128,7 +138,7 @@ def test_same_seed_twice_is_identical_and_another_seed_is_not(root, reference, t
 
 def test_kill_9_then_resume_is_identical(root, reference, tmp_path, capsys, monkeypatch):
     out, partial = tmp_path / "run", tmp_path / ".run.partial"
-    proc = start(root, out)
+    proc = start(args(root, out))
     wait_for_epochs(proc, partial, 2)
     proc.kill()  # SIGKILL: no handler runs, the lock and the checkpoint stay as they were
     proc.communicate()
@@ -180,7 +190,7 @@ def test_kill_9_while_a_checkpoint_is_written_then_resume_is_identical(root, ref
     out, partial, marker = tmp_path / "run", tmp_path / ".run.partial", tmp_path / "writing"
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
-        proc = start(root, out, ["-c", SLOW_WRITE, str(marker)], stderr=stderr)
+        proc = start(args(root, out), ("-c", SLOW_WRITE, str(marker)), stderr=stderr)
         try:
             wait_for(lambda: marker.exists() or proc.poll() is not None)
             # training goes on while the write sleeps for 300 s: a loop that waited for it would not get here
@@ -202,7 +212,7 @@ def test_kill_9_while_a_checkpoint_is_written_then_resume_is_identical(root, ref
 
 def test_an_unreadable_checkpoint_falls_back_to_the_one_before(root, reference, tmp_path, capsys, monkeypatch):
     out, partial = tmp_path / "run", tmp_path / ".run.partial"
-    proc = start(root, out)
+    proc = start(args(root, out))
     wait_for_epochs(proc, partial, 3)
     proc.send_signal(signal.SIGTERM)  # the run waits for the write under way
     proc.communicate(timeout=120)
@@ -238,7 +248,7 @@ def test_no_readable_checkpoint_is_one_error_line(root, reference, tmp_path, cap
 
 def test_sigterm_says_how_to_resume_and_settings_must_match(root, reference, tmp_path, capsys, monkeypatch):
     out, partial = tmp_path / "run", tmp_path / ".run.partial"
-    proc = start(root, out)
+    proc = start(args(root, out))
     wait_for_epochs(proc, partial, 1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -277,3 +287,71 @@ def test_one_process_at_a_time(root, tmp_path, capsys, monkeypatch):
     assert code == 1
     assert error_lines(err) == [f"error: {partial} is being trained by pid 1234 on elsewhere; wait for it to finish "
                                 "or stop it, then run the command again."]
+
+
+@pytest.fixture(scope="module")
+def cache(root, vits_weights, tmp_path_factory) -> Path:
+    """A teacher cache of the toy data: a random ViT-S/14's features and its linear head's logits."""
+    cache = tmp_path_factory.mktemp("cache")
+    in_process(["cache-teacher", "--dataset", "bloodmnist", "--root", root, "--teacher", "dinov2_vits14", "--weights",
+                vits_weights, "--image-size", "28", "--head-epochs", "3", "--batch-size", "16", "--device", "cpu",
+                "--cache-dir", cache])
+    return cache
+
+
+def test_kd_from_cache_kill_9_then_resume_is_identical(root, cache, tmp_path, capsys, monkeypatch):
+    kd = ("--alpha", "0.5", "--t", "2", "--cache-dir", cache)
+    reference = tmp_path / "reference"
+    code, _, err = run_cli(args(root, reference, method=kd), capsys, monkeypatch)
+    assert code == 0, err
+
+    out, partial = tmp_path / "run", tmp_path / ".run.partial"
+    proc = start(args(root, out, method=kd))
+    wait_for_epochs(proc, partial, 2)
+    proc.kill()
+    proc.communicate()
+    done = torch.load(partial / "checkpoint.pt")["epoch"]
+    assert 2 <= done < EPOCHS and not out.exists()
+
+    code, _, err = run_cli(args(root, out, method=kd), capsys, monkeypatch)
+    assert code == 0, err
+    assert f"resuming {out} from epoch {done + 1} of {EPOCHS} ({done} epochs done)" in err
+    assert trained_epochs(err) == list(range(done + 1, EPOCHS + 1)), "only the remaining epochs are trained"
+    assert_identical(reference, out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["alpha"] == 0.5 and config["cache_keys"] == [p.name.removesuffix(".zarr") for p in cache.glob("*.zarr")]
+
+
+def torchrun() -> tuple[str, ...]:
+    """`torchrun --nproc-per-node 2 -m medal` on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ("-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port",
+            str(port), "-m", "medal")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo")
+def test_ddp_two_ranks_sigterm_then_resume_is_identical(root, tmp_path):
+    reference = tmp_path / "reference"
+    proc = start(args(root, reference), torchrun())
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+
+    out, partial = tmp_path / "run", tmp_path / ".run.partial"
+    proc = start(args(root, out), torchrun())
+    wait_for_epochs(proc, partial, 2)
+    proc.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to both ranks
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "interrupted at epoch" in err, err[-3000:]
+    done = torch.load(partial / "checkpoint.pt")["epoch"]
+    assert 2 <= done < EPOCHS and not out.exists()
+
+    proc = start(args(root, out), torchrun())
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert f"resuming {out} from epoch {done + 1} of {EPOCHS} ({done} epochs done)" in err
+    assert trained_epochs(err) == list(range(done + 1, EPOCHS + 1)), "only the remaining epochs are trained"
+    assert_identical(reference, out)
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
