@@ -6,8 +6,8 @@ imported (medal/models/timm_hook.py).
 """
 
 from medal.models.timm_hook import register_with_timm
+from medal.runtime.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["kd_loss", "__version__"]
 
 register_with_timm()

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-import medal
 from medal.data.medmnist import npz_name
 from medal.data.preprocess import to_device
 from medal.deploy.inputs import Converter, read_npz, read_store
@@ -34,6 +33,7 @@ from medal.deploy.student import Student, load_student, preprocessing
 from medal.pipeline.evaluate import predict, scores_from_logits
 from medal.runtime.errors import MedalError
 from medal.runtime.io import atomic, write_json
+from medal.runtime.version import __version__
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 TOLERANCE, TOLERANCE_TEXT = 1e-4, "1e-4"
@@ -68,7 +68,7 @@ def metadata(student: Student, graph: bool) -> dict:
                 "output": "probabilities: float32 (batch, classes), in label_names order"} if graph else
                {"input": "float32 (batch, *input_size) after preprocessing.to_native and preprocessing.to_input",
                 "output": "logits: float32 (batch, classes); apply preprocessing.output for probabilities"})
-    return {"medal_version": medal.__version__, "run": student.path.name, "student": c["student"],
+    return {"medal_version": __version__, "run": student.path.name, "student": c["student"],
             "teachers": c.get("teachers") or [], "cache_keys": c.get("cache_keys") or [], "t": c["t"],
             "alpha": c["alpha"], "seed": c["seed"], "data_md5": c["data_md5"],
             "metrics": {split: student.metrics[split] for split in ("test", "val") if split in student.metrics},

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-import medal
 from medal.cache.store import (
     FORMAT,
     CacheWriter,
@@ -55,6 +54,7 @@ from medal.runtime.device import autocast, resolve_device
 from medal.runtime.distributed import World, init_world
 from medal.runtime.log import log
 from medal.runtime.progress import progress
+from medal.runtime.version import __version__
 
 DINOV2_IMAGE_SIZE = 224
 
@@ -194,7 +194,7 @@ def provenance(inputs: dict, cfg: CacheConfig, dim: int, metrics: dict, head_epo
         "feature_dim": dim,
         "head": {**asdict(cfg.head), "best_epoch": head_epoch},
         "head_metrics": metrics,
-        "medal_version": medal.__version__,
+        "medal_version": __version__,
         "torch_version": torch.__version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import medal
 from medal.cache.store import TeacherCache, cache_dir, find_cache, list_caches
 from medal.data.base import Dataset
 from medal.data.checks import check_val_classes
@@ -58,6 +57,7 @@ from medal.runtime.reproducible import (
     set_rng_state,
 )
 from medal.runtime.tensorboard import open_scalars
+from medal.runtime.version import __version__
 
 KEEP = ("best", "last")
 WEIGHTINGS = ("ca-mkd", "mean")  # how several teachers' targets are combined (medal.losses.ca_mkd)
@@ -209,7 +209,7 @@ def run_distill(cfg: DistillConfig) -> Path:
               "data_path": str(data.path.resolve()), "data_md5": data.md5, "data_fingerprint": data.fingerprint,
               "cache_key": caches[0].key if caches else None, "cache_keys": [c.key for c in caches],
               "teachers": [c.attrs["teacher"] for c in caches], "world_size": world.size, "in_chans": in_chans,
-              "device_type": device.type, "medal_version": medal.__version__, "torch_version": torch.__version__}
+              "device_type": device.type, "medal_version": __version__, "torch_version": torch.__version__}
     checkpoint = Checkpoint(partial, run_settings(config))
     lock = None
     if world.main:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-import medal
 from medal.cache.store import FORMAT, CacheWriter, TeacherCache, cache_dir, cache_key, rebuild_command
 from medal.data.base import SPLITS, Dataset
 from medal.data.preprocess import MEDMNIST_MEAN, MEDMNIST_STD
@@ -29,6 +28,7 @@ from medal.pipeline.evaluate import evaluate_scores, load_run, predict_logits, s
 from medal.runtime.distributed import World
 from medal.runtime.errors import MedalError
 from medal.runtime.io import file_hash
+from medal.runtime.version import __version__
 
 # What of the run's config.json the cache repeats, to say which run taught.
 RUN_FACTS = ("student", "t", "alpha", "epochs", "seed", "image_size", "interpolation", "as_rgb", "in_chans", "keep",
@@ -69,7 +69,7 @@ def cache_run_teacher(cfg: CacheConfig, spec: TeacherSpec, data: Dataset, world:
                 writer.put(f"{split}/labels", data.splits[split].labels)
                 scores = scores_from_logits(logits[split], data.task).cpu().numpy()
                 metrics[split] = evaluate_scores(data.splits[split].labels, scores, data.task)
-            cache = writer.commit({**inputs, "head_metrics": metrics, "medal_version": medal.__version__,
+            cache = writer.commit({**inputs, "head_metrics": metrics, "medal_version": __version__,
                                    "torch_version": torch.__version__,
                                    "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
         world.barrier()

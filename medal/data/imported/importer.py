@@ -21,7 +21,6 @@ import numpy as np
 from medmnist.info import INFO
 from PIL import Image, ImageOps
 
-import medal
 from medal.data.base import SPLITS
 from medal.data.imported.duplicates import Duplicates, pixel_digest
 from medal.data.imported.sources import Item, Listing, assign_splits, decide_task, order_classes, read_source, some
@@ -29,6 +28,7 @@ from medal.data.imported.store import SHARD_ROWS, DatasetWriter, data_dir, read_
 from medal.runtime.errors import MedalError
 from medal.runtime.log import warn
 from medal.runtime.progress import progress
+from medal.runtime.version import __version__
 
 INTERPOLATION = "bicubic"  # Pillow's Image.Resampling.BICUBIC; recorded in the dataset's attrs
 COLOUR_MODES = {"RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
@@ -99,7 +99,7 @@ def import_dataset(cfg: ImportConfig) -> ImportResult:
         attrs = {"name": cfg.name, "task": task, "label_names": listing.label_names, "interpolation": INTERPOLATION,
                  "source": str(Path(cfg.source).expanduser().resolve()),
                  "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                 "medal_version": medal.__version__, **duplicates.as_attrs()}
+                 "medal_version": __version__, **duplicates.as_attrs()}
         path = writer.commit(attrs)
     if skipped:
         warn(f"skipped {len(skipped)} unreadable images (--skip-bad): {some(skipped)}.")
