@@ -3,11 +3,13 @@
 The payload's `__reduce__` makes unpickling call `open(MARKER, "w")`: a plain `torch.load` (torch 2.4's
 default, and timm's reader there) would create the marker file. Every case must refuse the file and
 leave no marker: a run's best.pt (`evaluate`, `predict`, the run as a `--teacher`), `--weights` of a
-DINOv2 and of a timm teacher, and a resume checkpoint.
+DINOv2 and of a timm teacher, a `local-dir:` teacher's weights (timm's reader, weights_only from timm 1.0.26),
+and a resume checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -63,7 +65,22 @@ CASES = {
     "--weights of a timm teacher": lambda run, data, crafted, tmp: [
         "cache-teacher", "--dataset", "bloodmnist", "--root", data, "--teacher", "resnet18", "--weights", crafted,
         "--image-size", "28", "--cache-dir", tmp / "cache", "--device", "cpu"],
+    "a local-dir: teacher's pytorch_model.bin": lambda run, data, crafted, tmp: [
+        "cache-teacher", "--dataset", "bloodmnist", "--root", data, "--teacher", f"local-dir:{local_dir(tmp, crafted)}",
+        "--image-size", "28", "--cache-dir", tmp / "cache", "--device", "cpu"],
 }
+
+
+def local_dir(tmp: Path, crafted: Path) -> Path:
+    """A timm local-dir: model (config.json beside its weights) whose weights are the crafted pickle."""
+    folder = tmp / "local_model"
+    folder.mkdir()
+    config = {"architecture": "resnet18", "num_classes": 1000,
+              "pretrained_cfg": {"input_size": [3, 224, 224], "mean": [0.485, 0.456, 0.406],
+                                 "std": [0.229, 0.224, 0.225], "interpolation": "bilinear", "crop_pct": 0.875}}
+    (folder / "config.json").write_text(json.dumps(config))
+    shutil.copy(crafted, folder / "pytorch_model.bin")
+    return folder
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -138,6 +138,8 @@ def load_timm_teacher(spec: TeacherSpec, weights: Path | None, image_size: int |
     strictly, or downloaded by timm when no file is given.
     """
     pretrained = weights is None
+    if pretrained:
+        _check_timm_reads_weights_only()
     if pretrained or spec.name.startswith("hf-hub:"):  # an hf-hub: model reads its config from the hub in any case
         prepare_hub_download()
 
@@ -166,6 +168,17 @@ def load_timm_teacher(spec: TeacherSpec, weights: Path | None, image_size: int |
         load_weights(model, spec.name, Path(weights), filter_fn=_checkpoint_filter(model))
     model.eval().requires_grad_(False)
     return model
+
+
+SAFE_TIMM = (1, 0, 26)  # from this version on, timm's hub and local-dir: readers unpickle with weights_only=True
+
+
+def _check_timm_reads_weights_only() -> None:
+    """Weights that timm reads itself must not run code: an older timm (installed despite pyproject) is refused."""
+    parts = re.findall(r"\d+", timm.__version__)[:3]
+    if tuple(map(int, parts)) < SAFE_TIMM:
+        raise MedalError(f"timm {timm.__version__} would unpickle the teacher's weights with no restriction (any code "
+                         f"in them would run); upgrade it: pip install 'timm>={'.'.join(map(str, SAFE_TIMM))}'.")
 
 
 def _first_line(exc: BaseException) -> str:
