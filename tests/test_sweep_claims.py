@@ -186,3 +186,28 @@ def test_parallel_sweeps_share_one_grid(tmp_path, monkeypatch):
     assert not errors
     assert sorted(ran.read_text().split()) == [f"run{s}" for s in range(6)]
     assert not list(tmp_path.glob(".*"))
+
+
+def test_a_rerun_clears_what_a_killed_sweep_left_beside_finished_points(tmp_path, monkeypatch):
+    """Killed after a point's run was published, before its claim and log were removed: the rerun removes them
+    (their holder is dead) and does not train the point again; a live holder's are left to it."""
+    ran = tmp_path / "ran.txt"
+    monkeypatch.setattr(sweep_worker, "worker_command", lambda: [sys.executable, "-c", WORKER, str(ran)])
+    points = [sweep.Point(DistillConfig(dataset="bloodmnist", seed=s, out=tmp_path / f"run{s}"), tmp_path / f"run{s}")
+              for s in range(3)]
+    for point in points[:2]:  # run0, run1 finished, each with its claim and log still there
+        point.out.mkdir()
+        (point.out / "metrics.json").write_text("{}")
+        point.log.write_text("epoch 1\n")
+    other_sweep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        write_claim(points[0].claim, claims.HOST, claims.HOST_ID, dead_pid(), age=1)
+        write_claim(points[1].claim, claims.HOST, claims.HOST_ID, other_sweep.pid, age=0)
+        with tqdm(total=len(points), disable=True) as bar:
+            sweep.run_parallel(points, 2, bar)
+        assert other_sweep.poll() is None, "the live holder was alive throughout"
+    finally:
+        other_sweep.kill()
+        other_sweep.wait()
+    assert ran.read_text().split() == ["run2"], "the finished points were not trained again"
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [".run1.claim", ".run1.log"], "the live holder's are kept"

@@ -184,6 +184,16 @@ def remove_stale(path: Path, stale: Holder) -> bool:
     return True
 
 
+def clear_stale(path: Path, timeout: float) -> bool:
+    """Remove the claim at `path` if its holder is gone; True when no claim is left there.
+
+    For a point that is finished: a sweep killed after its run was published never released its claim."""
+    holder = read_holder(path)
+    if holder is None:
+        return True
+    return holder.stale(timeout) is not None and remove_stale(path, holder)
+
+
 def acquire(path: Path, timeout: float) -> Claim | None:
     """Claim `path` for this process, taking over a stale claim; None while another process holds it."""
     claim = _create(path, timeout)

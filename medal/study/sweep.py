@@ -2,7 +2,8 @@
 
 Every point is an ordinary run directory named by `DistillConfig.run_name` under --runs-dir,
 so a sweep can be stopped and started again: finished points (metrics.json present) are
-skipped, and an interrupted one is left to `run_distill`, never forced. With --jobs N, N points
+skipped (the claim and log a killed sweep left beside them removed), and an interrupted one is
+left to `run_distill`, never forced. With --jobs N, N points
 train at once in N worker processes that each train one point after another
 (`medal.study.sweep_worker`): a ResNet50 on 28 px MedMNIST uses a small part of one large GPU.
 
@@ -30,7 +31,7 @@ from medal.runtime.errors import MedalError
 from medal.runtime.io import read_json, write_json
 from medal.runtime.log import log
 from medal.runtime.progress import PlainProgress, interactive, progress
-from medal.study.claims import Claim, acquire, read_holder
+from medal.study.claims import Claim, acquire, clear_stale, read_holder
 from medal.study.sweep_worker import INTERRUPTED, Worker
 
 POLL_S = 0.5  # how often running children are looked at
@@ -103,6 +104,13 @@ class Point:
     @property
     def log(self) -> Path:
         return self.out.with_name(f".{self.out.name}.log")
+
+    def clear_leftovers(self, timeout: float) -> None:
+        """A finished point's claim and log, left by a sweep killed after the run was published but before it
+        released them, are removed once their holder is gone (a success's log is not kept either). A live
+        holder, maybe another sweep sharing the runs dir, removes its own."""
+        if clear_stale(self.claim, timeout):
+            self.log.unlink(missing_ok=True)
 
 
 def plan(sweep: SweepConfig) -> list[Point]:
@@ -183,10 +191,18 @@ class Grid:
         self.finished = {p.out for p in points if p.done}
         self.elsewhere: set[Path] = set()  # points already logged as claimed by another process
         self.waiting: tuple[str, ...] = ()
+        self.tidy()
 
     @property
     def complete(self) -> bool:
         return len(self.finished) == len(self.points)
+
+    def tidy(self) -> None:
+        """Clear what killed sweeps left beside the finished points (at the start, and again at the end
+        for points whose holders were still alive then)."""
+        for point in self.points:
+            if point.out in self.finished:
+                point.clear_leftovers(self.timeout)
 
     def update(self) -> None:
         """Count the points finished since the last look, by this process or another."""
@@ -211,6 +227,7 @@ class Grid:
                 continue
             if point.done:  # its last holder finished it between our look and our claim
                 claim.release()
+                point.clear_leftovers(self.timeout)
                 continue
             if claim.took_over:
                 log(f"sweep: took over {point.out.name} from {claim.took_over}")
@@ -233,6 +250,7 @@ def run_serial(points: list[Point], bar: tqdm | PlainProgress, claim_timeout: fl
     while True:
         grid.update()
         if grid.complete:
+            grid.tidy()
             return
         got = grid.claim_next(set())
         if got is None:
@@ -297,6 +315,7 @@ def run_parallel(points: list[Point], jobs: int, bar: tqdm | PlainProgress, gpus
             busy = [slot for slot in slots if slot.point]
             if not busy:
                 if failed or grid.complete:
+                    grid.tidy()
                     break
                 grid.wait()
             time.sleep(POLL_S if busy else WAIT_S)
