@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-
 from common import count_flops, report, table
 from startup import startup_times
 from sweep_overhead import sweep_overhead
@@ -157,6 +156,7 @@ def main() -> None:
     args = ap.parse_args()
     roots = {"before": args.before.resolve(), "after": args.after.resolve()}
     turns = [("before", "after"), ("after", "before")]
+    load = os.getloadavg()[0]
 
     results: dict = {"roots": {k: str(v) for k, v in roots.items()}, "startup": {}, "epochs": [], "sweep": {}}
     for which in turns[0]:
@@ -189,13 +189,14 @@ def main() -> None:
                  "fixed s after", "share after"], gpu_rows)
     results["gpu_estimate"] = {"rows": gpu_rows, "how": how}
     body = "\n\n".join([
-        f"before: {roots['before']}; after: {roots['after']}; epochs {args.epochs} a run (the first a warm-up), "
-        f"torch threads {args.threads or torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at the end",
+        (f"before: {roots['before']}; after: {roots['after']}; epochs {args.epochs} a run (the first a warm-up), "
+         f"torch threads {args.threads or torch.get_num_threads()}; load average {load:.1f} at the start, "
+         f"{os.getloadavg()[0]:.1f} at the end (other work on the machine makes the epoch figures noisy)"),
         "**Start-up** (median of fresh processes)", startup,
         "**Per epoch** (median; the bare loop: same model, seed, Adam, batches, preprocessing, then the val forward)",
         per_epoch,
-        "**Sweep** (resnet18_28, 2 epochs on 48 images a point, CE; one point's compute: the seconds in its "
-        "history.csv, train and val)", sweep,
+        ("**Sweep** (resnet18_28, 2 epochs on 48 images a point, CE; one point's compute: the seconds in its "
+         "history.csv, train and val)"), sweep,
         f"**GPU estimate: fixed costs' share of a {GPU_EPOCHS}-epoch run on an H200, before vs after**", gpu, how])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
