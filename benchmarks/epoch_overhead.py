@@ -6,7 +6,10 @@ and shift by MedMNIST's mean/std, bilinear resize when the size differs), cross-
 forward pass over the validation split in eval mode. medal's epoch is everything `medal distill`
 does between two epoch lines: those steps plus validation AUC/ACC, the checkpoint, history.csv and
 best.pt. Both run the same number of epochs, alternately, twice; the first epoch of each run is a
-warm-up and not counted.
+warm-up and not counted. The training thread's checkpoint seconds are medal's own count
+(`checkpoint_stats`), or, for a medal from before #24 (which wrote them on that thread), the time in
+its `Checkpoint.save` and `write_outputs`: run with another checkout first on PYTHONPATH, the script
+measures that one (benchmarks/run_overhead.py does, before and after).
 
     python benchmarks/epoch_overhead.py resnet50_28 --image-size 28     # one JSON line
 """
@@ -14,10 +17,12 @@ warm-up and not counted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,23 +80,15 @@ def bare_epochs(root: Path, student: str, image_size: int, epochs: int, batch_si
 
 
 def medal_epochs(root: Path, student: str, image_size: int, epochs: int, batch_size: int, seed: int,
-                 out: Path) -> tuple[list[float], list[float]]:
-    """Seconds between `medal distill`'s epoch lines (the first: from the start of training), and the
-    seconds per epoch the training thread spent in `Checkpoint.save` and `write_outputs` (the checkpoint,
-    history.csv, best.pt), in the order the epochs ran."""
-    marks: list[float] = []
-    saving: list[float] = []
-    train_student, log = distill.train_student, distill.log
-    save, write_outputs = distill.Checkpoint.save, distill.write_outputs
+                 out: Path) -> tuple[list[float], float]:
+    """Seconds between `medal distill`'s epoch lines (the first: from the start of training), and the seconds
+    the training thread spent on checkpoints over the whole run (the last write's wait at the end included).
 
-    def timed(fn):
-        def call(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                saving.append(time.perf_counter() - start)
-        return call
+    Either medal: one that writes checkpoints on a thread reports that time (`checkpoint_stats`); for an older
+    one, which wrote them on the training thread, its `Checkpoint.save` and `write_outputs` calls are timed.
+    """
+    marks: list[float] = []
+    train_student, log = distill.train_student, distill.log
 
     def timed_train(*args, **kwargs):
         marks.append(time.perf_counter())
@@ -103,31 +100,64 @@ def medal_epochs(root: Path, student: str, image_size: int, epochs: int, batch_s
         log(line)
 
     distill.train_student, distill.log = timed_train, timed_log
-    distill.Checkpoint.save, distill.write_outputs = timed(save), timed(write_outputs)
     try:
-        cfg = distill.DistillConfig(dataset="bloodmnist", root=root, student=student, image_size=image_size, epochs=epochs,
-                                    batch_size=batch_size, alpha=1.0, seed=seed, device="cpu", out=str(out), force=True)
-        distill.run_distill(cfg)
+        with checkpoint_seconds() as seconds:
+            cfg = distill.DistillConfig(dataset="bloodmnist", root=root, student=student, image_size=image_size,
+                                        epochs=epochs, batch_size=batch_size, alpha=1.0, seed=seed, device="cpu",
+                                        out=str(out), force=True)
+            distill.run_distill(cfg)
     finally:
         distill.train_student, distill.log = train_student, log
-        distill.Checkpoint.save, distill.write_outputs = save, write_outputs
-    per_epoch = [sum(saving[i:i + 2]) for i in range(0, len(saving), 2)]  # save, then write_outputs, each epoch
-    return [b - a for a, b in zip(marks, marks[1:])], per_epoch
+    return [b - a for a, b in zip(marks, marks[1:])], seconds[0]
+
+
+@contextlib.contextmanager
+def checkpoint_seconds() -> Iterator[list[float]]:
+    """A list whose one item is, after the block, the seconds the training thread spent on checkpoints."""
+    seconds = [0.0]
+    try:
+        from medal.pipeline.checkpoint import checkpoint_stats
+    except ImportError:  # before #24: Checkpoint.save, then write_outputs (history.csv, best.pt), on the thread
+        patched = [(distill.Checkpoint, "save"), (distill, "write_outputs")]
+        originals = [getattr(owner, name) for owner, name in patched]
+
+        def timed(fn):
+            def call(*args, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    seconds[0] += time.perf_counter() - start
+            return call
+
+        for (owner, name), fn in zip(patched, originals):
+            setattr(owner, name, timed(fn))
+        try:
+            yield seconds
+        finally:
+            for (owner, name), fn in zip(patched, originals):
+                setattr(owner, name, fn)
+        return
+    yield seconds
+    seconds[0] = checkpoint_stats().seconds
 
 
 def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size: int, epochs: int,
-            seed: int = 0) -> dict:
-    """Median bare and medal epoch seconds (warm-up epochs dropped), over two alternating rounds."""
+            seed: int = 0, rounds: int = 2) -> dict:
+    """Median bare and medal epoch seconds (warm-up epochs dropped), over alternating rounds, and the
+    training thread's checkpoint seconds per epoch (each run's total / its epochs, median over rounds)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = write_data(Path(tmp), n_train, n_val, seed)
         bare, ours, saving = [], [], []
-        for round_ in range(2):
+        for round_ in range(rounds):
             bare += bare_epochs(root, student, image_size, epochs, batch_size, seed)[1:]
             epoch_s, save_s = medal_epochs(root, student, image_size, epochs, batch_size, seed, Path(tmp) / f"run{round_}")
-            ours, saving = ours + epoch_s[1:], saving + save_s[1:]
+            ours += epoch_s[1:]
+            saving.append(save_s / epochs)
     return {"student": student, "image_size": image_size, "train": n_train, "val": n_val, "batch_size": batch_size,
-            "threads": torch.get_num_threads(), "bare_s": statistics.median(bare), "medal_s": statistics.median(ours),
-            "checkpoint_s": statistics.median(saving), "ratio": statistics.median(ours) / statistics.median(bare),
+            "epochs": epochs, "threads": torch.get_num_threads(), "bare_s": statistics.median(bare),
+            "medal_s": statistics.median(ours), "checkpoint_s": statistics.median(saving),
+            "ratio": statistics.median(ours) / statistics.median(bare),
             "bare_all": bare, "medal_all": ours, "checkpoint_all": saving}
 
 
@@ -139,8 +169,13 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2, help="bare and medal runs, alternately (default 2 each)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
-    print(json.dumps(measure(args.student, args.image_size, args.train, args.val, args.batch_size, args.epochs)))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(json.dumps(measure(args.student, args.image_size, args.train, args.val, args.batch_size, args.epochs,
+                             rounds=args.rounds)))
 
 
 if __name__ == "__main__":
