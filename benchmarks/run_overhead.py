@@ -8,7 +8,8 @@ one), each measured in processes of its own with that checkout first on the impo
     the bare PyTorch epoch, medal's epoch, the seconds per epoch the training thread spent on checkpoints,
     and the ratio (`benchmarks/epoch_overhead.py`, one round per process);
   - a sweep of 8 short points with `--jobs 2` (`benchmarks/sweep_overhead.py`): its wall time against
-    8 x one point's compute (the seconds in that point's history.csv) and 8 x one point run alone.
+    8 x one point's compute (the seconds in that point's history.csv) and 8 x one point run alone;
+  - a resume (`benchmarks/resume_cost.py`): an 8-epoch run stopped after 4 and run again, against the whole run.
 
 Before and after take turns (before first for one case, after first for the next), so that a machine's
 changing load weighs on both alike. Last, an estimate of the same fixed costs on an H200 (`gpu_estimate`).
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import torch
 from common import count_flops, report, table
+from resume_cost import resume_cost
 from startup import startup_times
 from sweep_overhead import sweep_overhead
 
@@ -158,7 +160,7 @@ def main() -> None:
     turns = [("before", "after"), ("after", "before")]
     load = os.getloadavg()[0]
 
-    results: dict = {"roots": {k: str(v) for k, v in roots.items()}, "startup": {}, "epochs": [], "sweep": {}}
+    results: dict = {"roots": {k: str(v) for k, v in roots.items()}, "startup": {}, "epochs": [], "sweep": {}, "resume": {}}
     for which in turns[0]:
         results["startup"][which] = startup_times(args.python, args.startup_repeats, root=roots[which])
     epochs: dict[tuple[str, int], dict[str, dict]] = {}
@@ -171,6 +173,10 @@ def main() -> None:
     for which in turns[1]:
         print(f"measuring the sweep, {which} ...", file=sys.stderr, flush=True)
         results["sweep"][which] = sweep_figures(args.python, roots[which])
+    for which in turns[0]:
+        print(f"measuring a resume, {which} ...", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            results["resume"][which] = resume_cost(args.python, Path(tmp), roots[which])
 
     commands = list(results["startup"]["before"])
     startup = table(["command", "before s", "after s"],
@@ -184,6 +190,9 @@ def main() -> None:
                   [[which, f"{s['sweep_s']:.1f}", f"{8 * s['point_compute_s']:.1f}",
                     f"{s['sweep_s'] / (8 * s['point_compute_s']):.1f}x", f"{s['points_alone_s']:.1f}"]
                    for which, s in results["sweep"].items()])
+    resume = table(["medal", "whole run s (8 epochs)", "resumed run s", "resumed from epoch"],
+                   [[which, f"{r['whole_s']:.1f}", f"{r['resumed_s']:.1f}", r["resumed_from_epoch"]]
+                    for which, r in results["resume"].items()])
     gpu_rows, how = gpu_estimate({k: s["point_s"] for k, s in results["sweep"].items()}, epochs)
     gpu = table(["dataset", "student", "H200 epoch s", f"{GPU_EPOCHS} epochs s", "fixed s before", "share before",
                  "fixed s after", "share after"], gpu_rows)
@@ -197,6 +206,7 @@ def main() -> None:
         per_epoch,
         ("**Sweep** (resnet18_28, 2 epochs on 48 images a point, CE; one point's compute: the seconds in its "
          "history.csv, train and val)"), sweep,
+        "**Resume** (resnet18_28, 48 images, batch 16: stopped by SIGTERM after 4 of 8 epochs, then run again)", resume,
         f"**GPU estimate: fixed costs' share of a {GPU_EPOCHS}-epoch run on an H200, before vs after**", gpu, how])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
