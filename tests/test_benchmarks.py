@@ -68,7 +68,9 @@ def test_sweep_cost(tmp_path):
     teacher_once = {cells[0] for cells in rows.values()}
     assert len(teacher_once) == 1  # the teacher pass is counted once, whatever N
     for cells in rows.values():
-        assert all(number(c) > 0 for c in cells[:5]) and number(cells[-1]) > 0
+        # cells[3], online's teacher share, is a difference of two timed steps: on a loaded machine it can be < 0
+        assert all(number(cells[i]) > 0 for i in (0, 1, 2, 4)) and number(cells[-1]) > 0
+        number(cells[3])
         assert cells[5] == "1 x 17,092"
     assert "measured per-step, extrapolated to N points" in out
 
