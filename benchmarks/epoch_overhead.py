@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import medal.pipeline.distill as distill
 from medal.data.preprocess import MEDMNIST_MEAN, MEDMNIST_STD
 from medal.models.students import build_student
+from medal.runtime.io import write_csv
 
 CLASSES = 8  # BloodMNIST's
 
@@ -142,8 +143,38 @@ def checkpoint_seconds() -> Iterator[list[float]]:
     seconds[0] = checkpoint_stats().seconds
 
 
+WRITES = ("every", "no-best", "last")  # a diagnosis of where the epoch's overhead goes, not a medal setting
+
+
+@contextlib.contextmanager
+def fewer_writes(writes: str, epochs: int) -> Iterator[None]:
+    """medal (after #24) writing less than it does: `no-best` writes best.pt at the last epoch only, `last`
+    writes no checkpoint before the last epoch. `every` changes nothing."""
+    if writes == "every":
+        yield
+        return
+    from medal.pipeline.checkpoint import Checkpoint
+
+    name = "write_outputs" if writes == "no-best" else "save"
+    original = getattr(Checkpoint, name)
+
+    def fewer(self, state: dict) -> None:
+        if state["epoch"] == epochs:
+            original(self, state)
+        elif writes == "no-best":
+            write_csv(self.folder / "history.csv", state["history"])
+        else:
+            self.epoch = state["epoch"]
+
+    setattr(Checkpoint, name, fewer)
+    try:
+        yield
+    finally:
+        setattr(Checkpoint, name, original)
+
+
 def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size: int, epochs: int,
-            seed: int = 0, rounds: int = 2) -> dict:
+            seed: int = 0, rounds: int = 2, writes: str = "every") -> dict:
     """Median bare and medal epoch seconds (warm-up epochs dropped), over alternating rounds, and the
     training thread's checkpoint seconds per epoch (each run's total / its epochs, median over rounds)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,11 +182,13 @@ def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size:
         bare, ours, saving = [], [], []
         for round_ in range(rounds):
             bare += bare_epochs(root, student, image_size, epochs, batch_size, seed)[1:]
-            epoch_s, save_s = medal_epochs(root, student, image_size, epochs, batch_size, seed, Path(tmp) / f"run{round_}")
+            with fewer_writes(writes, epochs):
+                epoch_s, save_s = medal_epochs(root, student, image_size, epochs, batch_size, seed,
+                                               Path(tmp) / f"run{round_}")
             ours += epoch_s[1:]
             saving.append(save_s / epochs)
     return {"student": student, "image_size": image_size, "train": n_train, "val": n_val, "batch_size": batch_size,
-            "epochs": epochs, "threads": torch.get_num_threads(), "bare_s": statistics.median(bare),
+            "epochs": epochs, "threads": torch.get_num_threads(), "writes": writes, "bare_s": statistics.median(bare),
             "medal_s": statistics.median(ours), "checkpoint_s": statistics.median(saving),
             "ratio": statistics.median(ours) / statistics.median(bare),
             "bare_all": bare, "medal_all": ours, "checkpoint_all": saving}
@@ -171,11 +204,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="bare and medal runs, alternately (default 2 each)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--writes", choices=WRITES, default="every",
+                        help="diagnosis: medal as it is (every), best.pt only at the end (no-best), or no checkpoint "
+                             "before the last epoch (last)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(json.dumps(measure(args.student, args.image_size, args.train, args.val, args.batch_size, args.epochs,
-                             rounds=args.rounds)))
+                             rounds=args.rounds, writes=args.writes)))
 
 
 if __name__ == "__main__":
