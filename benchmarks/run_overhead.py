@@ -1,6 +1,6 @@
 """Fixed costs around the compute (#24), before and after, side by side in one run.
 
-For each checkout (`--before`, default /work/before: main before the #24 work; `--after`, default this
+For each checkout (`--before`: e.g. main before the #24 work, `git worktree add ../before cbe3bc8`; `--after`, default this
 one), each measured in processes of its own with that checkout first on the import path:
 
   - start-up: `benchmarks/startup.py`'s commands (`import torch`, `medal --help`, `medal cache ls`, ...);
@@ -14,7 +14,7 @@ one), each measured in processes of its own with that checkout first on the impo
 Before and after take turns (before first for one case, after first for the next), so that a machine's
 changing load weighs on both alike. Last, an estimate of the same fixed costs on an H200 (`gpu_estimate`).
 
-    python benchmarks/run_overhead.py [--before DIR] [--after DIR] [--epochs 3] [--json FILE] [--append FILE]
+    python benchmarks/run_overhead.py --before DIR [--after DIR] [--epochs 3] [--json FILE] [--append FILE]
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def row(which: str, case: Case, f: dict) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--before", type=Path, default=Path("/work/before"), help="the checkout before (#24)")
+    ap.add_argument("--before", type=Path, required=True,
+                    help="the checkout to compare with, e.g. `git worktree add ../before cbe3bc8` (main before #24)")
     ap.add_argument("--after", type=Path, default=HERE.parent, help="the checkout after (default: this one)")
     ap.add_argument("--python", default=sys.executable, help="the interpreter both run with (default: this one)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per run, the first a warm-up (default 3)")
