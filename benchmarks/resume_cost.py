@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from startup import checkout_env
 from sweep_overhead import make_data, timed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,8 +52,7 @@ def resume_cost(python: str, workdir: Path, root: Path = REPO) -> dict:
     """Seconds of the whole run and of its resume after 4 epochs, with `python` and `root`'s medal."""
     workdir = Path(workdir)
     data = make_data(workdir / "data")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {**checkout_env(root), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     distill = [python, "-m", "medal", "distill", "--dataset", "bloodmnist", "--root", str(data), *RUN]
     whole = timed([*distill, "--out", str(workdir / "whole")], workdir, env)
     _stop_after([*distill, "--out", str(workdir / "resumed")], workdir / ".resumed.partial", env, workdir, STOP_AFTER)

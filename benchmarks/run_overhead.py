@@ -30,9 +30,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
 from common import count_flops, report, table
 from resume_cost import resume_cost
-from startup import startup_times
+from startup import checkout_env, startup_times
 from sweep_overhead import sweep_overhead
 
 HERE = Path(__file__).resolve().parent
@@ -54,11 +55,6 @@ CASES = (Case("resnet18_28", 28, 128, 32, 64), Case("resnet50_28", 28, 128, 32, 
 H200_IMAGES_PER_S_224 = 128 / 0.03017
 DATASETS = {"BreastMNIST": (546, 78), "BloodMNIST": (11_959, 1_712)}  # train, val images
 GPU_EPOCHS = 100
-
-
-def checkout_env(root: Path) -> dict[str, str]:
-    """This environment with `root`'s medal first on the import path."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
 
 
 def epoch_figures(python: str, root: Path, case: Case, epochs: int, threads: int | None) -> dict:

@@ -39,14 +39,14 @@ with CacheWriter(sys.argv[1], "tinymnist_28_dinov2_vits14_28_0123456789ab") as w
 """
 
 
-def _env(root: Path) -> dict[str, str]:
+def checkout_env(root: Path) -> dict[str, str]:
     """This environment with `root`'s medal first on the import path."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
 
 
 def _run(argv: list[str], root: Path) -> None:
     """In `root`: `python -c` puts the working directory first on sys.path, before PYTHONPATH."""
-    subprocess.run(argv, env=_env(root), cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(argv, env=checkout_env(root), cwd=root, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _seconds(argv: list[str], root: Path) -> float:
