@@ -3,9 +3,9 @@
 Every point is an ordinary run directory named by `DistillConfig.run_name` under --runs-dir,
 so a sweep can be stopped and started again: finished points (metrics.json present) are
 skipped (the claim and log a killed sweep left beside them removed), and an interrupted one is
-left to `run_distill`, never forced. With --jobs N, N points
-train at once in N worker processes that each train one point after another
-(`medal.study.sweep_worker`): a ResNet50 on 28 px MedMNIST uses a small part of one large GPU.
+left to `run_distill`, never forced. With --jobs N, N points train at once in N worker processes
+that each train one point after another (`medal.study.sweep_worker`): a ResNet50 on 28 px
+MedMNIST uses a small part of one large GPU.
 
 Any number of sweep processes, on one machine or on several sharing the runs dir, can work on
 the same grid: each claims a point before it trains it (`medal.study.claims`), moves on past
