@@ -208,6 +208,12 @@ def test_a_worker_dies_with_its_sweep(tmp_path, alone):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def published(runs: Path) -> list[Path]:
+    """The metrics.json of finished points: a `.NAME.partial` folder holds one too, between its evaluation and
+    its rename into place."""
+    return [p for p in runs.glob("*/metrics.json") if not p.parent.name.startswith(".")]
+
+
 def test_a_sigkilled_sweep_leaves_no_worker_and_its_rerun_finishes_the_grid(tmp_path, capsys, monkeypatch):
     root, runs = tmp_path / "data", tmp_path / "runs"
     make_npz(root, "bloodmnist")
@@ -218,7 +224,7 @@ def test_a_sigkilled_sweep_leaves_no_worker_and_its_rerun_finishes_the_grid(tmp_
                                  cwd=REPO)
     # kill it once one point is finished and another is part-trained, far from its end (10 of 20 epochs)
     deadline = time.monotonic() + 240
-    while not (list(runs.glob("*/metrics.json")) and early_in_training(runs, 10)):
+    while not (published(runs) and early_in_training(runs, 10)):
         assert first.poll() is None, (tmp_path / "first.err").read_text()
         assert time.monotonic() < deadline, "the sweep did not get going"
         time.sleep(0.05)
@@ -234,7 +240,7 @@ def test_a_sigkilled_sweep_leaves_no_worker_and_its_rerun_finishes_the_grid(tmp_
     finally:
         for pid in filter(running, workers):
             os.kill(pid, signal.SIGKILL)
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/metrics.json")}
+    finished = {p.parent.name: p.stat().st_mtime_ns for p in published(runs)}
     partial = {p.parent.name[1:].removesuffix(".partial"): rows(p) for p in runs.glob(".*.partial/history.csv")}
     assert finished and partial, (finished, partial, (tmp_path / "first.err").read_text())
 
