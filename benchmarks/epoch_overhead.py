@@ -12,10 +12,6 @@ its `Checkpoint.save` and `write_outputs`: run with another checkout first on PY
 measures that one (benchmarks/run_overhead.py does, before and after).
 
     python benchmarks/epoch_overhead.py resnet50_28 --image-size 28     # one JSON line
-
-`--writes` runs medal as it is (`every`) or altered, for a diagnosis of where its overhead goes; given
-several (comma-separated), each round runs the bare loop and then each of them, so that they share the
-machine's drift. `normal-writer` is medal with its checkpoint writer at normal priority, not idle.
 """
 
 from __future__ import annotations
@@ -147,25 +143,15 @@ def checkpoint_seconds() -> Iterator[list[float]]:
     seconds[0] = checkpoint_stats().seconds
 
 
-WRITES = ("every", "no-best", "last", "normal-writer")  # a diagnosis of the epoch's overhead, not a medal setting
+WRITES = ("every", "no-best", "last")  # a diagnosis of where the epoch's overhead goes, not a medal setting
 
 
 @contextlib.contextmanager
 def fewer_writes(writes: str, epochs: int) -> Iterator[None]:
-    """medal (after #24) writing less than it does, or otherwise: `no-best` writes best.pt at the last epoch only,
-    `last` writes no checkpoint before the last epoch, `normal-writer` writes at normal priority, not idle.
-    `every` changes nothing."""
+    """medal (after #24) writing less than it does: `no-best` writes best.pt at the last epoch only, `last`
+    writes no checkpoint before the last epoch. `every` changes nothing."""
     if writes == "every":
         yield
-        return
-    if writes == "normal-writer":
-        import medal.runtime.background as background
-
-        idle, background.idle_priority = background.idle_priority, lambda: None
-        try:
-            yield
-        finally:
-            background.idle_priority = idle
         return
     from medal.pipeline.checkpoint import Checkpoint
 
@@ -190,37 +176,22 @@ def fewer_writes(writes: str, epochs: int) -> Iterator[None]:
 def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size: int, epochs: int,
             seed: int = 0, rounds: int = 2, writes: str = "every") -> dict:
     """Median bare and medal epoch seconds (warm-up epochs dropped), over alternating rounds, and the
-    training thread's checkpoint seconds per epoch (each run's total / its epochs, median over rounds).
-
-    `writes`: one of WRITES, or several comma-separated, each then reported under "variants"."""
-    variants = writes.split(",")
+    training thread's checkpoint seconds per epoch (each run's total / its epochs, median over rounds)."""
     with tempfile.TemporaryDirectory() as tmp:
         root = write_data(Path(tmp), n_train, n_val, seed)
-        bare: list[float] = []
-        ours: dict[str, list[float]] = {v: [] for v in variants}
-        saving: dict[str, list[float]] = {v: [] for v in variants}
+        bare, ours, saving = [], [], []
         for round_ in range(rounds):
             bare += bare_epochs(root, student, image_size, epochs, batch_size, seed)[1:]
-            for variant in variants:
-                with fewer_writes(variant, epochs):
-                    epoch_s, save_s = medal_epochs(root, student, image_size, epochs, batch_size, seed,
-                                                   Path(tmp) / f"run{round_}-{variant}")
-                ours[variant] += epoch_s[1:]
-                saving[variant].append(save_s / epochs)
-    results = {v: {"writes": v, "medal_s": statistics.median(ours[v]), "checkpoint_s": statistics.median(saving[v]),
-                   "ratio": statistics.median(ours[v]) / statistics.median(bare), "medal_all": ours[v],
-                   "checkpoint_all": saving[v]} for v in variants}
-    common = {"student": student, "image_size": image_size, "train": n_train, "val": n_val, "batch_size": batch_size,
-              "epochs": epochs, "rounds": rounds, "threads": torch.get_num_threads(), "bare_s": statistics.median(bare),
-              "bare_all": bare}
-    return {**common, **results[variants[0]]} if len(variants) == 1 else {**common, "variants": results}
-
-
-def writes_list(text: str) -> str:
-    unknown = [w for w in text.split(",") if w not in WRITES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: not one of {', '.join(WRITES)}")
-    return text
+            with fewer_writes(writes, epochs):
+                epoch_s, save_s = medal_epochs(root, student, image_size, epochs, batch_size, seed,
+                                               Path(tmp) / f"run{round_}")
+            ours += epoch_s[1:]
+            saving.append(save_s / epochs)
+    return {"student": student, "image_size": image_size, "train": n_train, "val": n_val, "batch_size": batch_size,
+            "epochs": epochs, "threads": torch.get_num_threads(), "writes": writes, "bare_s": statistics.median(bare),
+            "medal_s": statistics.median(ours), "checkpoint_s": statistics.median(saving),
+            "ratio": statistics.median(ours) / statistics.median(bare),
+            "bare_all": bare, "medal_all": ours, "checkpoint_all": saving}
 
 
 def main() -> None:
@@ -233,10 +204,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="bare and medal runs, alternately (default 2 each)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--writes", type=writes_list, default="every",
-                        help="diagnosis, one or several comma-separated: medal as it is (every), best.pt only at the "
-                             "end (no-best), no checkpoint before the last epoch (last), the writer at normal "
-                             "priority (normal-writer)")
+    parser.add_argument("--writes", choices=WRITES, default="every",
+                        help="diagnosis: medal as it is (every), best.pt only at the end (no-best), or no checkpoint "
+                             "before the last epoch (last)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

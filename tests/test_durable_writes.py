@@ -4,8 +4,7 @@
   or the new one, never an empty one), and can keep the file it replaces; `publish_dir` flushes every
   file of a folder before renaming it into place. Checked by recording the system calls in order.
 - `BackgroundWriter` skips a write offered while the previous one runs, without even preparing it,
-  writes the last skipped one at the end, hands a failed write's error to the loop's thread, and writes at
-  idle priority (Linux), so that a write takes only the CPU the loop leaves idle.
+  writes the last skipped one at the end, and hands a failed write's error to the loop's thread.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -119,54 +117,3 @@ def test_a_failed_write_raises_on_the_loops_thread():
     writer.offer(lambda: failing)
     with pytest.raises(OSError, match="No space left"):
         writer.finish()
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no idle scheduling class on this OS")
-def test_writes_run_at_idle_priority_and_the_loop_keeps_its_own():
-    """A write takes only the cores the training loop leaves idle: at normal priority it slowed a CPU epoch by
-    its own CPU time (benchmarks/RESULTS.md "Fixed costs")."""
-    policies = []
-    with BackgroundWriter() as writer:
-        writer.offer(lambda: lambda: policies.append(os.sched_getscheduler(0)))
-    assert policies == [os.SCHED_IDLE], "the write ran at the loop's priority"
-    assert os.sched_getscheduler(0) != os.SCHED_IDLE, "the loop's thread was put at idle priority"
-
-
-def test_finish_calls_off_a_starved_write_and_writes_the_last_state_on_the_loops_thread():
-    """A write at idle priority may get no CPU while other processes keep the cores busy: `finish` does not wait
-    for it, it calls it off and writes the same state itself."""
-    from medal.runtime.background import check_called_off
-
-    started, threads = threading.Event(), []
-
-    def write() -> None:
-        threads.append(threading.current_thread())
-        started.set()
-        deadline = time.monotonic() + 30
-        while threading.current_thread() is not threading.main_thread() and time.monotonic() < deadline:
-            check_called_off()  # starved: not done on its own in the test's time
-            time.sleep(0.01)
-
-    with BackgroundWriter() as writer:
-        assert writer.offer(lambda: write)
-        assert started.wait(30)
-    assert threads[0] is not threading.main_thread() and threads[1:] == [threading.main_thread()]
-    assert writer.stats.written == 1 and not writer.busy()
-
-
-def test_a_torch_write_called_off_midway_raises_called_off_and_leaves_nothing_behind(tmp_path, monkeypatch):
-    import torch
-
-    from medal.runtime import background
-
-    checks = []
-
-    def called_off_at_the_third_chunk() -> None:
-        checks.append(1)
-        if len(checks) >= 3:
-            raise background.CalledOff
-
-    monkeypatch.setattr(io, "check_called_off", called_off_at_the_third_chunk)
-    with pytest.raises(background.CalledOff):  # not torch's error about an archive left unfinished
-        io.write_torch(tmp_path / "checkpoint.pt", {f"w{i}": torch.zeros(1000) for i in range(5)})
-    assert len(checks) == 3 and list(tmp_path.iterdir()) == []

@@ -15,12 +15,11 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from medal.runtime.background import CalledOff, check_called_off
 from medal.runtime.errors import MedalError
 
 
@@ -101,37 +100,7 @@ def write_npy(path: Path, array: np.ndarray) -> Path:
 
 
 def write_torch(path: Path, obj: Any, keep: Path | None = None) -> Path:
-    """torch.save, chunk by chunk: a background write (medal.runtime.background) can be called off between them."""
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            chunks = _Chunks(f)
-            torch.save(obj, chunks)
-        if chunks.called_off:
-            raise CalledOff  # `atomic` removes the temporary file
-
-    return atomic(path, save, keep=keep)
-
-
-class _Chunks:
-    """The file torch.save writes into: each chunk (a tensor's bytes, a zip header) checks for a call-off first.
-
-    Once called off, the chunks left go nowhere: torch finishes its archive without error, and `write_torch`
-    raises CalledOff. Through a file object torch also names the archive's folder "archive", not after the
-    temporary file: the same state gives the same bytes."""
-
-    def __init__(self, file: BinaryIO) -> None:
-        self.file, self.called_off = file, False
-
-    def write(self, data: bytes) -> int:
-        if not self.called_off:
-            try:
-                check_called_off()
-            except CalledOff:
-                self.called_off = True
-        return len(data) if self.called_off else self.file.write(data)
-
-    def flush(self) -> None:
-        self.file.flush()
+    return atomic(path, lambda tmp: torch.save(obj, tmp), keep=keep)
 
 
 def read_torch(path: Path) -> Any:
