@@ -207,13 +207,13 @@ def test_a_worker_dies_with_its_sweep(tmp_path, alone):
             os.kill(worker, signal.SIGKILL)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def published(runs: Path) -> list[Path]:
     """The metrics.json of finished points: a `.NAME.partial` folder holds one too, between its evaluation and
     its rename into place."""
     return [p for p in runs.glob("*/metrics.json") if not p.parent.name.startswith(".")]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_sigkilled_sweep_leaves_no_worker_and_its_rerun_finishes_the_grid(tmp_path, capsys, monkeypatch):
     root, runs = tmp_path / "data", tmp_path / "runs"
     make_npz(root, "bloodmnist")
