@@ -10,7 +10,8 @@ that is measured: runs/ lives there by default). Rows, each the median of --repe
 - the training thread per checkpoint before: the whole write on it (checkpoint.pt, then best.pt on an
   epoch that improved), as medal did it, without fsync;
 - the training thread per checkpoint now: the copy to CPU memory only (`epoch_state`), on an epoch that
-  did not improve and on one that did (the best weights copied too, shared with the checkpoint).
+  did not improve and on one that did (the best weights copied too, shared with the checkpoint); the
+  copy goes into the previous checkpoint's memory (`StateCopy`), and the last row copies into new memory.
 
     python benchmarks/checkpoint_cost.py [--student resnet50_28] [--repeats 5] [--dir .] [--quick] [--append FILE]
 """
@@ -82,10 +83,11 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix=".checkpoint_cost-", dir=args.dir))
     try:
         checkpoint = ckpt.Checkpoint(folder, {"seed": 0})
+        copies = ckpt.StateCopy()  # as in distill: every checkpoint's copy in the same memory
 
         def state(improved: bool) -> dict:
             kept = {"model": ckpt.snapshot(student.state_dict()), "epoch": 2, "val": val} if improved else earlier
-            write = epoch_state(checkpoint, student, optimizer, schedule, generator, device, kept, False, fields)
+            write = epoch_state(checkpoint, student, optimizer, schedule, generator, device, kept, False, fields, copies)
             return write.args[0]  # partial(checkpoint.save, state)
 
         plain = {k: v for k, v in state(False).items() if k != "kept"}  # checkpoint.pt as medal wrote it before
@@ -114,6 +116,7 @@ def main() -> None:
             "after_plain": lambda: state(False),
             "after_improved": lambda: state(True),
             "copy_kept": lambda: ckpt.snapshot(student.state_dict()),
+            "copy_fresh": lambda: ckpt.snapshot({"model": student.state_dict(), "optimizer": optimizer.state_dict()}),
         }, args.repeats)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -129,6 +132,7 @@ def main() -> None:
         ["training thread now, epoch not improved (copy to CPU)", f"{t['after_plain']:.3f} s"],
         ["training thread now, epoch improved (copy, best weights shared)", f"{t['after_improved']:.3f} s"],
         ["  of which the best weights' copy (made even when skipped)", f"{t['copy_kept']:.3f} s"],
+        ["model + optimizer copied into new memory (as before StateCopy)", f"{t['copy_fresh']:.3f} s"],
     ]
     body = table(["per checkpoint", "median"], rows) + (
         f"\n\n{args.student} + Adam: checkpoint.pt {size:.1f} MiB; median of {args.repeats} on {device.type}, "

@@ -117,3 +117,47 @@ def test_a_failed_write_raises_on_the_loops_thread():
     writer.offer(lambda: failing)
     with pytest.raises(OSError, match="No space left"):
         writer.finish()
+
+
+def test_a_checkpoint_written_without_zip_crcs_reads_back_and_other_saves_keep_theirs(tmp_path):
+    import zipfile
+
+    import torch
+
+    state = {"w": torch.randn(1000), "step": torch.tensor(3.0)}
+    io.write_torch(tmp_path / "checkpoint.pt", state, crc=False)
+    back = io.read_torch(tmp_path / "checkpoint.pt")
+    assert all(torch.equal(back[key], state[key]) for key in state)
+    try:
+        from torch.utils.serialization import config  # noqa: F401  (torch >= 2.6 can leave the CRCs out)
+        crcs = {info.CRC for info in zipfile.ZipFile(tmp_path / "checkpoint.pt").infolist()}
+        assert crcs == {0}, "the CRC-32 pass (a third of the write's CPU time) was still made"
+    except ImportError:
+        pass
+    torch.save(state, tmp_path / "other.pt")  # after it: a plain torch.save, and medal's best.pt, keep their CRCs
+    io.write_torch(tmp_path / "best.pt", state)
+    for name in ("other.pt", "best.pt"):
+        assert zipfile.ZipFile(tmp_path / name).testzip() is None
+        assert {info.CRC for info in zipfile.ZipFile(tmp_path / name).infolist()} != {0}
+
+
+def test_a_state_copy_reuses_the_last_copys_memory_and_holds_the_new_values():
+    import torch
+
+    from medal.pipeline.checkpoint import StateCopy
+
+    shared = torch.randn(4, 3)
+    state = {"a": shared, "b": [shared, torch.zeros(5)], "n": 1}
+    copies = StateCopy()
+    first = copies("model", state)
+    pointer = first["a"].data_ptr()
+    shared.add_(1)
+    second = copies("model", state)
+    assert second["a"].data_ptr() == pointer, "the last copy's memory was not reused"
+    assert torch.equal(second["a"], shared) and second["b"][0] is second["a"], "new values, sharing kept"
+    shared.add_(1)
+    assert not torch.equal(second["a"], shared), "a copy, not a view of the training state"
+    state["b"][1] = torch.zeros(6)  # a tensor that changed shape gets new memory
+    assert copies("model", state)["b"][1].shape == (6,)
+    other = copies("optimizer", {"a": torch.ones(4, 3)})
+    assert other["a"].data_ptr() != pointer, "each part has memory of its own"

@@ -35,7 +35,7 @@ from medal.data.stream.source import image_source
 from medal.losses.kd_loss import check_hyperparameters
 from medal.models.students import build_student, check_student
 from medal.models.teacher_spec import cache_matcher, parse_teacher, stale_run_cache, teacher_label
-from medal.pipeline.checkpoint import LOCK, Checkpoint, record_stats, run_settings, snapshot
+from medal.pipeline.checkpoint import LOCK, Checkpoint, StateCopy, record_stats, run_settings, snapshot
 from medal.pipeline.evaluate import evaluate_model, evaluate_scores, predict, student_channels
 from medal.pipeline.student_step import StudentStep
 from medal.records.model_card import write_model_card
@@ -307,6 +307,7 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, soft: t
         set_rng_state(resumed["rng"], generator, device)
     out = Path(cfg.out) if cfg.out else Path(cfg.runs_dir) / cfg.run_name(data.flag, cfg.teacher)
     scalars = open_scalars(cfg.log_dir, out) if world.main else None
+    copies = StateCopy()  # the checkpoint's copy of the state, in the same memory every epoch
     with BackgroundWriter() as writer:
         for epoch in range(first, cfg.epochs + 1):
             if stop:
@@ -342,7 +343,7 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, soft: t
                 fields = {"epoch": epoch, "val": val, "best_auc": best_auc, "since_best": since_best, "stopped": stop,
                           "history": history}
                 writer.offer(partial(epoch_state, checkpoint, student, optimizer, schedule, generator, device,
-                                     kept, cfg.keep == "last", fields))  # the epoch's commit point
+                                     kept, cfg.keep == "last", fields, copies))  # the epoch's commit point
                 log(f"epoch {epoch:3d}  loss {train_loss:.4f}  val auc {val['auc']:.4f}  acc {val['acc']:.4f}"
                     f"  ({row['seconds']:.1f}s)")
                 if stop:
@@ -358,14 +359,18 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, soft: t
 
 def epoch_state(checkpoint: Checkpoint, student: nn.Module, optimizer: torch.optim.Optimizer,
                 schedule: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator, device: torch.device,
-                kept: dict | None, keep_last: bool, fields: dict) -> Write:
+                kept: dict | None, keep_last: bool, fields: dict, copies: StateCopy) -> Write:
     """On the training thread: the epoch's state copied to CPU memory, and the write that saves it.
 
     `kept` (--keep best) is the best epoch's weights, already a CPU copy: this epoch's model when it is the
     best (one copy serves both), an earlier one carried along so that a resume rewrites best.pt exactly.
+    `copies` holds the memory of the previous checkpoint's copy, whose write has finished.
     """
-    model = kept["model"] if kept is not None and kept["epoch"] == fields["epoch"] else snapshot(student.state_dict())
-    state = {**snapshot(fields), "model": model, "optimizer": snapshot(optimizer.state_dict()),
+    if kept is not None and kept["epoch"] == fields["epoch"]:
+        model = kept["model"]
+    else:
+        model = copies("model", student.state_dict())
+    state = {**snapshot(fields), "model": model, "optimizer": copies("optimizer", optimizer.state_dict()),
              "scheduler": snapshot(schedule.state_dict()), "rng": snapshot(rng_state(generator, device)),
              "kept": {"model": model, "epoch": fields["epoch"], "val": fields["val"]} if keep_last else kept}
     return partial(checkpoint.save, state)

@@ -13,7 +13,10 @@ import csv
 import hashlib
 import json
 import os
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -99,8 +102,36 @@ def write_npy(path: Path, array: np.ndarray) -> Path:
     return atomic(path, save)
 
 
-def write_torch(path: Path, obj: Any, keep: Path | None = None) -> Path:
-    return atomic(path, lambda tmp: torch.save(obj, tmp), keep=keep)
+def write_torch(path: Path, obj: Any, keep: Path | None = None, crc: bool = True) -> Path:
+    """`crc=False` leaves out the zip's CRC-32 of each record, which torch.load never checks: a third of the CPU
+    time of writing a 270 MB checkpoint (benchmarks/RESULTS.md). `unzip -t` then reports the file as damaged,
+    so only checkpoint.pt, which nothing but medal reads, is written so (best.pt is a deliverable)."""
+    def save(tmp: Path) -> None:
+        with zip_crc(crc):
+            torch.save(obj, tmp)
+
+    return atomic(path, save, keep=keep)
+
+
+_crc_option = threading.Lock()  # torch keeps the option process-wide: one medal write sets it at a time
+
+
+@contextmanager
+def zip_crc(on: bool) -> Iterator[None]:
+    try:
+        from torch.utils.serialization import config  # torch >= 2.6
+    except ImportError:
+        config = None
+    if on or config is None:
+        yield
+        return
+    with _crc_option:
+        before = config.save.compute_crc32
+        config.save.compute_crc32 = False
+        try:
+            yield
+        finally:
+            config.save.compute_crc32 = before
 
 
 def read_torch(path: Path) -> Any:
