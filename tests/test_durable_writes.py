@@ -4,9 +4,7 @@
   or the new one, never an empty one), and can keep the file it replaces; `publish_dir` flushes every
   file of a folder before renaming it into place. Checked by recording the system calls in order.
 - `BackgroundWriter` skips a write offered while the previous one runs, without even preparing it,
-  writes the last skipped one at the end, and hands a failed write's error to the loop's thread. It writes
-  at idle priority (Linux), and a write starved of CPU is taken over at normal priority, at the next offer
-  or at the end; the write called off never renames a file after that.
+  writes the last skipped one at the end, and hands a failed write's error to the loop's thread.
 """
 
 from __future__ import annotations
@@ -14,13 +12,11 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from medal.runtime import io
-from medal.runtime import background
 from medal.runtime.background import BackgroundWriter
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads fsync's file from /proc/self/fd")
@@ -165,107 +161,3 @@ def test_a_state_copy_reuses_the_last_copys_memory_and_holds_the_new_values():
     assert copies("model", state)["b"][1].shape == (6,)
     other = copies("optimizer", {"a": torch.ones(4, 3)})
     assert other["a"].data_ptr() != pointer, "each part has memory of its own"
-
-
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no idle scheduling class on this OS")
-def test_writes_run_at_idle_priority_and_the_loop_keeps_its_own():
-    """A write takes only the cores the training loop leaves idle: at normal priority it slowed a CPU epoch by
-    more than its own CPU time (benchmarks/RESULTS.md "Fixed costs")."""
-    policies = []
-    with BackgroundWriter() as writer:
-        writer.offer(lambda: lambda: policies.append(os.sched_getscheduler(0)))
-    assert policies == [os.SCHED_IDLE], "the write ran at the loop's priority"
-    assert os.sched_getscheduler(0) != os.SCHED_IDLE, "the loop's thread was put at idle priority"
-
-
-def starving(written: list) -> tuple[list, callable]:
-    """(policies, make): make(value) is a write whose first run never gets the CPU, as beside processes that keep
-    every core busy (it waits until called off); any later run appends value to `written`. `policies` gets each
-    run's scheduling policy (Linux; None elsewhere)."""
-    policies: list = []
-
-    def make(value):
-        def write() -> None:
-            policies.append(os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None)
-            while len(policies) == 1:
-                background.check_called_off()  # raises CalledOff once taken over
-                time.sleep(0.005)
-            written.append(value)
-        return write
-    return policies, make
-
-
-IDLE = getattr(os, "SCHED_IDLE", None)
-NORMAL = getattr(os, "SCHED_OTHER", None)
-
-
-def test_a_starved_write_is_taken_over_at_normal_priority_at_the_next_offer(monkeypatch):
-    monkeypatch.setattr(background, "PATIENCE", 0.05)
-    written = []
-    policies, make = starving(written)
-    with BackgroundWriter() as writer:
-        assert writer.offer(lambda: make(1))
-        time.sleep(0.1)  # past the patience: epoch 2 comes
-        assert not writer.offer(lambda: make(2)), "skipped: the write of epoch 1 is not done"
-        deadline = time.monotonic() + 10
-        while writer.busy() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert written == [1], "the state of epoch 1 written by a write that took over"
-        assert writer.offer(lambda: make(3))
-    assert written == [1, 3]
-    if IDLE is not None:
-        assert policies == [IDLE, NORMAL, NORMAL], "the take-over, and every write after it, at normal priority"
-    assert (writer.stats.written, writer.stats.skipped, writer.stats.called_off) == (2, 1, 1)
-
-
-def test_finish_takes_over_a_starved_write(monkeypatch):
-    monkeypatch.setattr(background, "PATIENCE", 0.05)
-    written = []
-    policies, make = starving(written)
-    with BackgroundWriter() as writer:
-        writer.offer(lambda: make(1))
-    assert written == [1] and len(policies) == 2 and not writer.busy()
-    if IDLE is not None:
-        assert policies == [IDLE, NORMAL]
-
-
-def test_a_called_off_write_renames_nothing_after_the_write_that_took_it_over(tmp_path, monkeypatch):
-    """The idle write was past its data when it was taken over (the OS had put it to sleep before its rename):
-    when it wakes, the checkpoint must not go back to its older state."""
-    monkeypatch.setattr(background, "idle_priority", lambda: None)
-    monkeypatch.setattr(background, "PATIENCE", 0.05)
-    path, woken, threads = tmp_path / "checkpoint.json", threading.Event(), []
-
-    def write(epoch: int):
-        def run() -> None:
-            threads.append(threading.current_thread())
-            if len(threads) == 1:
-                woken.wait(30)  # the first write, asleep before its rename
-            io.write_json(path, {"epoch": epoch})
-        return run
-
-    with BackgroundWriter() as writer:
-        writer.offer(lambda: write(1))
-        time.sleep(0.1)
-        writer.offer(lambda: write(2))  # skipped; the starved write of epoch 1 is taken over
-    assert io.read_json(path) == {"epoch": 2}
-    woken.set()
-    threads[0].join(30)
-    assert io.read_json(path) == {"epoch": 2}, "the called-off write put an older state back"
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.json"], "its temporary file is gone"
-
-
-def test_a_torch_write_called_off_midway_raises_called_off_and_leaves_nothing_behind(tmp_path, monkeypatch):
-    import torch
-
-    checks = []
-
-    def called_off_at_the_third_chunk() -> None:
-        checks.append(1)
-        if len(checks) >= 3:
-            raise background.CalledOff
-
-    monkeypatch.setattr(io, "check_called_off", called_off_at_the_third_chunk)
-    with pytest.raises(background.CalledOff):  # not torch's error about an archive left unfinished
-        io.write_torch(tmp_path / "checkpoint.pt", {f"w{i}": torch.zeros(1000) for i in range(5)})
-    assert len(checks) >= 3 and list(tmp_path.iterdir()) == []

@@ -18,12 +18,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from medal.runtime.background import CalledOff, check_called_off
 from medal.runtime.errors import MedalError
 
 
@@ -60,26 +59,19 @@ def atomic(path: Path, write: Callable[[Path], None], keep: Path | None = None) 
     processes on several machines writing the same file (a shared sweep's sweep.json).
 
     `keep`: where the file being replaced goes first, so that it stays until the new one is on the disk.
-    A background write that was called off (medal.runtime.background) renames nothing: it checks under
-    the lock that every rename here takes, so it cannot come after the write that took it over.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         write(tmp)
         fsync_path(tmp)
-        with _renames:
-            check_called_off()
-            if keep is not None and path.exists():
-                os.replace(path, keep)
-            os.replace(tmp, path)
-            fsync_path(path.parent)
+        if keep is not None and path.exists():
+            os.replace(path, keep)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-_renames = threading.Lock()
 
 
 def publish_dir(tmp: Path, final: Path) -> Path:
@@ -111,53 +103,21 @@ def write_npy(path: Path, array: np.ndarray) -> Path:
 
 
 def write_torch(path: Path, obj: Any, keep: Path | None = None, crc: bool = True) -> Path:
-    """torch.save, chunk by chunk: a background write (medal.runtime.background) can be called off between them.
-
-    `crc=False` leaves out the zip's CRC-32 of each record, which torch.load never checks: a third of the CPU
+    """`crc=False` leaves out the zip's CRC-32 of each record, which torch.load never checks: a third of the CPU
     time of writing a 270 MB checkpoint (benchmarks/RESULTS.md). `unzip -t` then reports the file as damaged,
     so only checkpoint.pt, which nothing but medal reads, is written so (best.pt is a deliverable)."""
     def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f, zip_crc(crc):
-            chunks = _Chunks(f)
-            torch.save(obj, chunks)
-        if chunks.called_off:
-            raise CalledOff  # `atomic` removes the temporary file
+        with zip_crc(crc):
+            torch.save(obj, tmp)
 
     return atomic(path, save, keep=keep)
 
 
-class _Chunks:
-    """The file torch.save writes into: each chunk (a tensor's bytes, a zip header) checks for a call-off first.
-
-    Once called off, the chunks left go nowhere: torch finishes its archive without error, and `write_torch`
-    raises CalledOff. Through a file object torch also names the archive's folder "archive", not after the
-    temporary file: the same state gives the same bytes."""
-
-    def __init__(self, file: BinaryIO) -> None:
-        self.file, self.called_off = file, False
-
-    def write(self, data: bytes) -> int:
-        if not self.called_off:
-            try:
-                check_called_off()
-            except CalledOff:
-                self.called_off = True
-        return len(data) if self.called_off else self.file.write(data)
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
-_crc_lock = threading.Lock()
-_crc_off = 0  # saves in flight that leave the CRCs out; torch keeps the option process-wide
-_crc_before = True  # the option before the first of them
+_crc_option = threading.Lock()  # torch keeps the option process-wide: one medal write sets it at a time
 
 
 @contextmanager
 def zip_crc(on: bool) -> Iterator[None]:
-    """torch.save without the zip's CRC-32s inside the block unless `on`. No lock is held during the save: a
-    starved background write must not hold up the one taking it over."""
-    global _crc_off, _crc_before
     try:
         from torch.utils.serialization import config  # torch >= 2.6
     except ImportError:
@@ -165,18 +125,13 @@ def zip_crc(on: bool) -> Iterator[None]:
     if on or config is None:
         yield
         return
-    with _crc_lock:
-        if _crc_off == 0:
-            _crc_before = config.save.compute_crc32
-        _crc_off += 1
+    with _crc_option:
+        before = config.save.compute_crc32
         config.save.compute_crc32 = False
-    try:
-        yield
-    finally:
-        with _crc_lock:
-            _crc_off -= 1
-            if _crc_off == 0:
-                config.save.compute_crc32 = _crc_before
+        try:
+            yield
+        finally:
+            config.save.compute_crc32 = before
 
 
 def read_torch(path: Path) -> Any:
