@@ -81,9 +81,10 @@ def bare_epochs(root: Path, student: str, image_size: int, epochs: int, batch_si
 
 
 def medal_epochs(root: Path, student: str, image_size: int, epochs: int, batch_size: int, seed: int,
-                 out: Path) -> tuple[list[float], float]:
-    """Seconds between `medal distill`'s epoch lines (the first: from the start of training), and the seconds
-    the training thread spent on checkpoints over the whole run (the last write's wait at the end included).
+                 out: Path) -> tuple[list[float], float, float]:
+    """Seconds between `medal distill`'s epoch lines (the first: from the start of training), the seconds the
+    training thread spent on checkpoints during the epochs, and those at the end (the wait for the last write,
+    paid once a run; 0 for a medal that waited for every write).
 
     Either medal: one that writes checkpoints on a thread reports that time (`checkpoint_stats`); for an older
     one, which wrote them on the training thread, its `Checkpoint.save` and `write_outputs` calls are timed.
@@ -109,13 +110,14 @@ def medal_epochs(root: Path, student: str, image_size: int, epochs: int, batch_s
             distill.run_distill(cfg)
     finally:
         distill.train_student, distill.log = train_student, log
-    return [b - a for a, b in zip(marks, marks[1:])], seconds[0]
+    return [b - a for a, b in zip(marks, marks[1:])], seconds[0], seconds[1]
 
 
 @contextlib.contextmanager
 def checkpoint_seconds() -> Iterator[list[float]]:
-    """A list whose one item is, after the block, the seconds the training thread spent on checkpoints."""
-    seconds = [0.0]
+    """A list [during the epochs, at the end] that holds, after the block, the seconds the training thread spent on
+    checkpoints."""
+    seconds = [0.0, 0.0]
     try:
         from medal.pipeline.checkpoint import checkpoint_stats
     except ImportError:  # before #24: Checkpoint.save, then write_outputs (history.csv, best.pt), on the thread
@@ -140,7 +142,8 @@ def checkpoint_seconds() -> Iterator[list[float]]:
                 setattr(owner, name, fn)
         return
     yield seconds
-    seconds[0] = checkpoint_stats().seconds
+    stats = checkpoint_stats()
+    seconds[:] = [stats.seconds - stats.finish_seconds, stats.finish_seconds]
 
 
 WRITES = ("every", "no-best", "last")  # a diagnosis of where the epoch's overhead goes, not a medal setting
@@ -176,20 +179,23 @@ def fewer_writes(writes: str, epochs: int) -> Iterator[None]:
 def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size: int, epochs: int,
             seed: int = 0, rounds: int = 2, writes: str = "every") -> dict:
     """Median bare and medal epoch seconds (warm-up epochs dropped), over alternating rounds, and the
-    training thread's checkpoint seconds per epoch (each run's total / its epochs, median over rounds)."""
+    training thread's checkpoint seconds per epoch (each run's total during its epochs / its epochs) and at the
+    end of a run (the last write's wait), medians over rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         root = write_data(Path(tmp), n_train, n_val, seed)
-        bare, ours, saving = [], [], []
+        bare, ours, saving, last = [], [], [], []
         for round_ in range(rounds):
             bare += bare_epochs(root, student, image_size, epochs, batch_size, seed)[1:]
             with fewer_writes(writes, epochs):
-                epoch_s, save_s = medal_epochs(root, student, image_size, epochs, batch_size, seed,
-                                               Path(tmp) / f"run{round_}")
+                epoch_s, save_s, last_s = medal_epochs(root, student, image_size, epochs, batch_size, seed,
+                                                       Path(tmp) / f"run{round_}")
             ours += epoch_s[1:]
             saving.append(save_s / epochs)
+            last.append(last_s)
     return {"student": student, "image_size": image_size, "train": n_train, "val": n_val, "batch_size": batch_size,
             "epochs": epochs, "threads": torch.get_num_threads(), "writes": writes, "bare_s": statistics.median(bare),
             "medal_s": statistics.median(ours), "checkpoint_s": statistics.median(saving),
+            "last_write_s": statistics.median(last),
             "ratio": statistics.median(ours) / statistics.median(bare),
             "bare_all": bare, "medal_all": ours, "checkpoint_all": saving}
 

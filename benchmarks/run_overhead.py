@@ -118,7 +118,7 @@ def gpu_estimate(startup_s: dict[str, float], checkpoint: dict[tuple[str, int], 
             before = startup_s["before"] + GPU_EPOCHS * write_s
             # After: the training thread copies the state each epoch; a write still running skips the next one
             # instead of being waited for, and the last one is waited for once, at the end.
-            after = startup_s["after"] + GPU_EPOCHS * figures["after"]["checkpoint_s"] + write_s
+            after = startup_s["after"] + GPU_EPOCHS * figures["after"]["checkpoint_s"] + figures["after"]["last_write_s"]
             rows.append([dataset, f"{student} {size} px", f"{epoch_s:.3f}", f"{compute:.1f}",
                          f"{before:.1f}", f"{100 * before / (before + compute):.0f}%",
                          f"{after:.1f}", f"{100 * after / (after + compute):.0f}%"])
@@ -131,14 +131,15 @@ def gpu_estimate(startup_s: dict[str, float], checkpoint: dict[tuple[str, int], 
            f"CUDA's own start-up. Fixed costs, measured on this CPU: start-up = one short `medal distill` point "
            f"alone (sweep_overhead), and the checkpoint: the training thread's seconds per epoch from the epoch "
            f"measurement (before: the whole write, checkpoint.pt plus best.pt when kept, to this disk with its "
-           f"fsync; after: the copy to CPU memory each epoch plus one whole write waited for at the end; on a GPU "
+           f"fsync; after: the copy to CPU memory each epoch, plus the wait for the last write, once a run; on a GPU "
            f"that copy is a device-to-host one, likely faster).")
     return rows, how
 
 
 def row(which: str, case: Case, f: dict) -> list:
     return [case.student, case.image_size, f"{f['train']}/{f['val']}", f["batch_size"], which,
-            f"{f['bare_s']:.2f}", f"{f['medal_s']:.2f}", f"{f['checkpoint_s']:.3f}", f"{f['ratio']:.2f}x"]
+            f"{f['bare_s']:.2f}", f"{f['medal_s']:.2f}", f"{f['checkpoint_s']:.3f}", f"{f.get('last_write_s', 0):.3f}",
+            f"{f['ratio']:.2f}x"]
 
 
 def main() -> None:
@@ -181,7 +182,7 @@ def main() -> None:
                      for name in commands])
     epoch_rows = [row(which, Case(**entry["case"]), entry[which]) for entry in results["epochs"] for which in roots]
     per_epoch = table(["student", "px", "train/val", "batch", "medal", "bare epoch s", "medal epoch s",
-                       "checkpoint s/epoch (training thread)", "medal / bare"], epoch_rows)
+                       "checkpoint s/epoch (training thread)", "last write s (once a run)", "medal / bare"], epoch_rows)
     sweep = table(["medal", "sweep --jobs 2, 8 points: wall s", "8 x one point's compute s", "wall / (8 x compute)",
                    "8 x one point alone s"],
                   [[which, f"{s['sweep_s']:.1f}", f"{8 * s['point_compute_s']:.1f}",

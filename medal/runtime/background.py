@@ -22,11 +22,13 @@ Write = Callable[[], None]
 
 @dataclass
 class WriterStats:
-    """What a writer cost the loop's thread: `seconds` in `offer` and `finish` (the copies, the last wait)."""
+    """What a writer cost the loop's thread: `seconds` in `offer`, `run_here` and `finish` (the copies, the last
+    wait); `finish_seconds`, the part in `finish`, is paid once a loop, not once an epoch."""
 
     written: int = 0
     skipped: int = 0
     seconds: float = 0.0
+    finish_seconds: float = 0.0
 
 
 class BackgroundWriter:
@@ -74,6 +76,7 @@ class BackgroundWriter:
                 self._wait()
         finally:
             self.stats.seconds += time.perf_counter() - start
+            self.stats.finish_seconds += time.perf_counter() - start
 
     def _start(self, write: Write) -> None:
         def run() -> None:

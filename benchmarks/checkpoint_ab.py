@@ -1,0 +1,83 @@
+"""The per-epoch checkpoint's cost, variants taking turns in one process: a 5% question on a machine whose
+epochs vary by 15% from one minute to the next needs many short rounds, not two long runs.
+
+Variants (any of them, in the order given, each round):
+- `bare`: epoch_overhead's bare PyTorch loop (train steps, then the validation forward);
+- `medal`: `medal distill` as it is;
+- `fresh-crc`: medal with the checkpoint's state copied into new memory each epoch and checkpoint.pt written
+  with the zip's CRC-32s, as before `StateCopy` and `write_torch(crc=False)`;
+- `last`: medal with no checkpoint before the last epoch (epoch_overhead's `--writes last`).
+
+Prints one JSON line: each variant's median epoch seconds (the first epoch of each run dropped), its ratio to
+`bare` and the number of epochs; every epoch goes to stderr as it comes.
+
+    python benchmarks/checkpoint_ab.py --rounds 8 --epochs 4 --variants bare,medal,fresh-crc,last
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import epoch_overhead as eo
+
+import medal.pipeline.checkpoint as checkpoint
+import medal.runtime.io as io
+
+VARIANTS = ("bare", "medal", "fresh-crc", "last")
+
+
+@contextlib.contextmanager
+def fresh_copies_with_crc() -> Iterator[None]:
+    """The checkpoint as medal made it before: every copy in new memory, every zip record with its CRC-32."""
+    copy, crc = checkpoint.StateCopy.__call__, io.zip_crc
+    checkpoint.StateCopy.__call__ = lambda self, part, obj: checkpoint.snapshot(obj)
+    io.zip_crc = lambda on: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        checkpoint.StateCopy.__call__, io.zip_crc = copy, crc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", default="resnet50_28")
+    ap.add_argument("--image-size", type=int, default=28)
+    ap.add_argument("--train", type=int, default=128)
+    ap.add_argument("--val", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=4, help="a run's epochs, the first a warm-up")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    args = ap.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or "bare" not in variants:
+        sys.exit(f"error: --variants takes {', '.join(VARIANTS)}, bare among them (got {args.variants})")
+    epochs: dict[str, list[float]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        root = eo.write_data(Path(tmp), args.train, args.val)
+        for round_ in range(args.rounds):
+            for variant in variants:
+                if variant == "bare":
+                    times = eo.bare_epochs(root, args.student, args.image_size, args.epochs, args.batch_size, 0)
+                else:
+                    how = fresh_copies_with_crc() if variant == "fresh-crc" else contextlib.nullcontext()
+                    with how, eo.fewer_writes("last" if variant == "last" else "every", args.epochs):
+                        times = eo.medal_epochs(root, args.student, args.image_size, args.epochs, args.batch_size,
+                                                0, Path(tmp) / f"run{round_}-{variant}")[0]
+                epochs[variant] += times[1:]
+                print(round_, variant, [round(t, 2) for t in times[1:]], file=sys.stderr, flush=True)
+    bare = statistics.median(epochs["bare"])
+    print(json.dumps({v: {"median_s": round(statistics.median(t), 3), "ratio": round(statistics.median(t) / bare, 3),
+                          "epochs": len(t)} for v, t in epochs.items()}))
+
+
+if __name__ == "__main__":
+    main()
