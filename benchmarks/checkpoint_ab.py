@@ -8,7 +8,7 @@ Variants (any of them, in the order given, each round):
   with the zip's CRC-32s, as before `StateCopy` and `write_torch(crc=False)`;
 - `last`: medal with no checkpoint before the last epoch (epoch_overhead's `--writes last`).
 
-Prints one JSON line: each variant's median epoch seconds (the first epoch of each run dropped), its ratio to
+Prints one JSON line: torch's threads, and each variant's median epoch seconds (the first epoch of each run dropped), its ratio to
 `bare` and the number of epochs; every epoch goes to stderr as it comes.
 
     python benchmarks/checkpoint_ab.py --rounds 8 --epochs 4 --variants bare,medal,fresh-crc,last
@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import epoch_overhead as eo
+import torch
 
 import medal.pipeline.checkpoint as checkpoint
 import medal.runtime.io as io
@@ -55,11 +56,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="a run's epochs, the first a warm-up")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--threads", type=int, help="torch threads (default torch's: every core)")
     args = ap.parse_args()
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "bare" not in variants:
         sys.exit(f"error: --variants takes {', '.join(VARIANTS)}, bare among them (got {args.variants})")
+    if args.threads:
+        torch.set_num_threads(args.threads)  # fewer than the cores leaves the checkpoint writer a core of its own
     epochs: dict[str, list[float]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         root = eo.write_data(Path(tmp), args.train, args.val)
@@ -75,8 +79,9 @@ def main() -> None:
                 epochs[variant] += times[1:]
                 print(round_, variant, [round(t, 2) for t in times[1:]], file=sys.stderr, flush=True)
     bare = statistics.median(epochs["bare"])
-    print(json.dumps({v: {"median_s": round(statistics.median(t), 3), "ratio": round(statistics.median(t) / bare, 3),
-                          "epochs": len(t)} for v, t in epochs.items()}))
+    medians = {v: {"median_s": round(statistics.median(t), 3), "ratio": round(statistics.median(t) / bare, 3),
+                   "epochs": len(t)} for v, t in epochs.items()}
+    print(json.dumps({"threads": torch.get_num_threads(), **medians}))
 
 
 if __name__ == "__main__":
