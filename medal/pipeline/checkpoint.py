@@ -184,10 +184,10 @@ class StateCopy:
 
     Why: a ResNet-50 with Adam is 270 MB; allocating that anew every epoch (page faults, memory handed back to the
     OS) doubles the copy's time on the training thread (0.077 s against 0.038 s, benchmarks/RESULTS.md), which on
-    a GPU is paid every epoch of a fraction of a second. The caller must
-    know that nothing reads the previous copy of a part any more: in distill, a checkpoint is only prepared once
-    the previous write has finished, and these tensors go nowhere that outlives a write (the weights best.pt
-    keeps between epochs are a `snapshot` of their own).
+    a GPU is paid every epoch of a fraction of a second. The caller must know that nothing reads the previous
+    copy of a part any more: in distill, a checkpoint is only prepared once the previous write has finished,
+    and these tensors go nowhere that outlives a write (the weights best.pt keeps between epochs are a
+    `snapshot` of their own).
     """
 
     def __init__(self) -> None:
