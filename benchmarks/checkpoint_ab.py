@@ -6,6 +6,7 @@ Variants (any of them, in the order given, each round):
 - `medal`: `medal distill` as it is;
 - `fresh-crc`: medal with the checkpoint's state copied into new memory each epoch and checkpoint.pt written
   with the zip's CRC-32s, as before `StateCopy` and `write_torch(crc=False)`;
+- `no-best`: medal writing best.pt only at the last epoch (epoch_overhead's `--writes no-best`);
 - `last`: medal with no checkpoint before the last epoch (epoch_overhead's `--writes last`).
 
 Prints one JSON line: torch's threads, and each variant's median epoch seconds (the first epoch of each run dropped), its ratio to
@@ -31,7 +32,7 @@ import torch
 import medal.pipeline.checkpoint as checkpoint
 import medal.runtime.io as io
 
-VARIANTS = ("bare", "medal", "fresh-crc", "last")
+VARIANTS = ("bare", "medal", "fresh-crc", "no-best", "last")
 
 
 @contextlib.contextmanager
@@ -73,7 +74,8 @@ def main() -> None:
                     times = eo.bare_epochs(root, args.student, args.image_size, args.epochs, args.batch_size, 0)
                 else:
                     how = fresh_copies_with_crc() if variant == "fresh-crc" else contextlib.nullcontext()
-                    with how, eo.fewer_writes("last" if variant == "last" else "every", args.epochs):
+                    writes = variant if variant in ("no-best", "last") else "every"
+                    with how, eo.fewer_writes(writes, args.epochs):
                         times = eo.medal_epochs(root, args.student, args.image_size, args.epochs, args.batch_size,
                                                 0, Path(tmp) / f"run{round_}-{variant}")[0]
                 epochs[variant] += times[1:]
