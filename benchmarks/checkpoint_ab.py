@@ -9,8 +9,8 @@ Variants (any of them, in the order given, each round):
 - `no-best`: medal writing best.pt only at the last epoch (epoch_overhead's `--writes no-best`);
 - `last`: medal with no checkpoint before the last epoch (epoch_overhead's `--writes last`).
 
-Prints one JSON line: torch's threads, and each variant's median epoch seconds (the first epoch of each run dropped), its ratio to
-`bare` and the number of epochs; every epoch goes to stderr as it comes.
+Prints one JSON line: torch's threads, and each variant's median epoch seconds (the first epoch of each run
+dropped), its ratio to `bare` and the number of epochs; every epoch goes to stderr as it comes.
 
     python benchmarks/checkpoint_ab.py --rounds 8 --epochs 4 --variants bare,medal,fresh-crc,last
 """

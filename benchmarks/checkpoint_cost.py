@@ -88,7 +88,8 @@ def main() -> None:
 
         def state(improved: bool) -> dict:
             kept = {"model": ckpt.snapshot(student.state_dict()), "epoch": 2, "val": val} if improved else earlier
-            write = epoch_state(checkpoint, student, optimizer, schedule, generator, device, kept, False, fields, copies)
+            write = epoch_state(checkpoint, student, optimizer, schedule, generator, device, kept, False, fields,
+                                copies)
             return write.args[0]  # partial(checkpoint.save, state)
 
         plain = {k: v for k, v in state(False).items() if k != "kept"}  # checkpoint.pt as medal wrote it before

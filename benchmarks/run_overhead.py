@@ -118,7 +118,8 @@ def gpu_estimate(startup_s: dict[str, float], checkpoint: dict[tuple[str, int], 
             before = startup_s["before"] + GPU_EPOCHS * write_s
             # After: the training thread copies the state each epoch; a write still running skips the next one
             # instead of being waited for, and the last one is waited for once, at the end.
-            after = startup_s["after"] + GPU_EPOCHS * figures["after"]["checkpoint_s"] + figures["after"]["last_write_s"]
+            after_figures = figures["after"]
+            after = startup_s["after"] + GPU_EPOCHS * after_figures["checkpoint_s"] + after_figures["last_write_s"]
             rows.append([dataset, f"{student} {size} px", f"{epoch_s:.3f}", f"{compute:.1f}",
                          f"{before:.1f}", f"{100 * before / (before + compute):.0f}%",
                          f"{after:.1f}", f"{100 * after / (after + compute):.0f}%"])
