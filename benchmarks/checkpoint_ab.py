@@ -4,15 +4,20 @@ epochs vary by 15% from one minute to the next needs many short rounds, not two 
 Variants (any of them, in the order given, each round):
 - `bare`: epoch_overhead's bare PyTorch loop (train steps, then the validation forward);
 - `medal`: `medal distill` as it is;
-- `fresh-crc`: medal with the checkpoint's state copied into new memory each epoch and checkpoint.pt written
-  with the zip's CRC-32s, as before `StateCopy` and `write_torch(crc=False)`;
+- `fresh-files`: medal writing each checkpoint.pt and best.pt into a new file, as before `atomic` recycled the
+  file the write replaces;
+- `fresh-crc`: `fresh-files`, with the checkpoint's state also copied into new memory each epoch and checkpoint.pt
+  written with the zip's CRC-32s, as before `StateCopy` and `write_torch(crc=False)`;
 - `no-best`: medal writing best.pt only at the last epoch (epoch_overhead's `--writes no-best`);
 - `last`: medal with no checkpoint before the last epoch (epoch_overhead's `--writes last`).
 
-Prints one JSON line: torch's threads, and each variant's median epoch seconds (the first epoch of each run
+`--allocator glibc` leaves glibc's malloc thresholds as they are, in medal too (as before
+`medal.runtime.allocator`); by default the whole process has medal's, the bare loop included.
+
+Prints one JSON line: torch's threads, the allocator, and each variant's median epoch seconds (the first epoch of each run
 dropped), its ratio to `bare` and the number of epochs; every epoch goes to stderr as it comes.
 
-    python benchmarks/checkpoint_ab.py --rounds 8 --epochs 4 --variants bare,medal,fresh-crc,last
+    python benchmarks/checkpoint_ab.py --rounds 8 --epochs 4 --variants bare,medal,fresh-files,last
 """
 
 from __future__ import annotations
@@ -22,17 +27,46 @@ import contextlib
 import json
 import statistics
 import sys
+import os
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import epoch_overhead as eo
 import torch
 
 import medal.pipeline.checkpoint as checkpoint
+import medal.pipeline.distill as distill
 import medal.runtime.io as io
+from medal.runtime.allocator import keep_freed_memory
 
-VARIANTS = ("bare", "medal", "fresh-crc", "no-best", "last")
+VARIANTS = ("bare", "medal", "fresh-files", "fresh-crc", "no-best", "last")
+
+
+@contextlib.contextmanager
+def fresh_files() -> Iterator[None]:
+    """`atomic` as it was before it recycled the replaced file: every write goes into a new temporary file."""
+    recycling = io.atomic
+
+    def atomic(path: Path, write: Callable[[Path], None], keep: Path | None = None) -> Path:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            write(tmp)
+            io.fsync_path(tmp)
+            if keep is not None and path.exists():
+                os.replace(path, keep)
+            os.replace(tmp, path)
+            io.fsync_path(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    io.atomic = atomic
+    try:
+        yield
+    finally:
+        io.atomic = recycling
 
 
 @contextlib.contextmanager
@@ -42,7 +76,8 @@ def fresh_copies_with_crc() -> Iterator[None]:
     checkpoint.StateCopy.__call__ = lambda self, part, obj: checkpoint.snapshot(obj)
     io.zip_crc = lambda on: contextlib.nullcontext()
     try:
-        yield
+        with fresh_files():
+            yield
     finally:
         checkpoint.StateCopy.__call__, io.zip_crc = copy, crc
 
@@ -58,11 +93,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, help="torch threads (default torch's: every core)")
+    ap.add_argument("--allocator", choices=("medal", "glibc"), default="medal",
+                    help="medal: glibc's thresholds fixed as `medal distill` fixes them, for the bare loop too, from "
+                         "the start; glibc: left to glibc, for medal too (as before medal.runtime.allocator)")
     args = ap.parse_args()
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or "bare" not in variants:
         sys.exit(f"error: --variants takes {', '.join(VARIANTS)}, bare among them (got {args.variants})")
+    if args.allocator == "medal":
+        keep_freed_memory()
+    else:
+        distill.keep_freed_memory = lambda: False
     if args.threads:
         torch.set_num_threads(args.threads)  # fewer than the cores leaves the checkpoint writer a core of its own
     epochs: dict[str, list[float]] = {v: [] for v in variants}
@@ -73,7 +115,8 @@ def main() -> None:
                 if variant == "bare":
                     times = eo.bare_epochs(root, args.student, args.image_size, args.epochs, args.batch_size, 0)
                 else:
-                    how = fresh_copies_with_crc() if variant == "fresh-crc" else contextlib.nullcontext()
+                    how = {"fresh-crc": fresh_copies_with_crc, "fresh-files": fresh_files}.get(variant,
+                                                                                            contextlib.nullcontext)()
                     writes = variant if variant in ("no-best", "last") else "every"
                     with how, eo.fewer_writes(writes, args.epochs):
                         times = eo.medal_epochs(root, args.student, args.image_size, args.epochs, args.batch_size,
@@ -83,7 +126,7 @@ def main() -> None:
     bare = statistics.median(epochs["bare"])
     medians = {v: {"median_s": round(statistics.median(t), 3), "ratio": round(statistics.median(t) / bare, 3),
                    "epochs": len(t)} for v, t in epochs.items()}
-    print(json.dumps({"threads": torch.get_num_threads(), **medians}))
+    print(json.dumps({"threads": torch.get_num_threads(), "allocator": args.allocator, **medians}))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Writes that survive a crash, and checkpoints written off the training thread.
 
 - `atomic` flushes the new file before its rename and the folder after it (a crash leaves the old file
-  or the new one, never an empty one), and can keep the file it replaces; `publish_dir` flushes every
-  file of a folder before renaming it into place. Checked by recording the system calls in order.
+  or the new one, never an empty one), and can keep the file it replaces; the next write then goes over
+  the kept file it discards. `publish_dir` flushes every file of a folder before renaming it into place.
+  Checked by recording the system calls in order.
 - `BackgroundWriter` skips a write offered while the previous one runs, without even preparing it,
   writes the last skipped one at the end, and hands a failed write's error to the loop's thread.
 """
@@ -139,6 +140,25 @@ def test_a_checkpoint_written_without_zip_crcs_reads_back_and_other_saves_keep_t
     for name in ("other.pt", "best.pt"):
         assert zipfile.ZipFile(tmp_path / name).testzip() is None
         assert {info.CRC for info in zipfile.ZipFile(tmp_path / name).infolist()} != {0}
+
+
+def test_a_kept_write_is_written_over_the_file_it_discards_and_reads_back_exactly(tmp_path):
+    import torch
+
+    path, keep = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.previous.pt"
+    big = {"w": torch.randn(20_000)}
+    io.write_torch(path, big, keep=keep)
+    io.write_torch(path, {"w": big["w"] + 1}, keep=keep)
+    discarded = keep.stat().st_ino
+    small = {"w": torch.arange(10.0)}  # shorter than the file it is written over
+    io.write_torch(path, small, keep=keep)
+    assert path.stat().st_ino == discarded, "the new checkpoint went into a new file, not the discarded one"
+    assert torch.equal(io.read_torch(path)["w"], small["w"]), "the old bytes left after it were read instead"
+    (tmp_path / "fresh").mkdir()
+    fresh = io.write_torch(tmp_path / "fresh" / "checkpoint.pt", small)  # the same write, into a new file
+    assert path.stat().st_size == fresh.stat().st_size, "the old file's tail was left in it"
+    assert torch.equal(io.read_torch(keep)["w"], big["w"] + 1), "the checkpoint before is kept"
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.pt", "checkpoint.previous.pt", "fresh"}
 
 
 def test_a_state_copy_reuses_the_last_copys_memory_and_holds_the_new_values():

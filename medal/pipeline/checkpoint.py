@@ -4,12 +4,13 @@ After every epoch rank 0 copies the run's state to CPU memory (`snapshot`): the 
 and scheduler, the epoch, every random-number state, the best-so-far and patience counters, the
 history, and the weights best.pt keeps (`kept`). A thread writes it (medal.runtime.background):
 `checkpoint.pt` into the run's `.NAME.partial` folder, durably, the one before it kept as
-`checkpoint.previous.pt` until then. It is the commit point of an epoch: history.csv and best.pt
-are written after it, from it, so whatever stops a run, the checkpoint never lags behind them, and
-a resume rewrites both from it. An epoch whose checkpoint comes while the previous one is still
-being written gets none (the next one follows); the last epoch's is always written. Running the
-same command again then continues after the last checkpoint written, or the one before when that
-cannot be read, and on CPU ends bit-identical to a run never stopped.
+`checkpoint.previous.pt` until then (and best.pt's as `best.previous.pt`: each write goes over the
+file the write before it kept, `medal.runtime.io.atomic`). It is the commit point of an epoch:
+history.csv and best.pt are written after it, from it, so whatever stops a run, the checkpoint never
+lags behind them, and a resume rewrites both from it. An epoch whose checkpoint comes while the
+previous one is still being written gets none (the next one follows); the last epoch's is always
+written. Running the same command again then continues after the last checkpoint written, or the
+one before when that cannot be read, and on CPU ends bit-identical to a run never stopped.
 
 A checkpoint only continues the run that wrote it: its settings (`RUN_SETTINGS`) must equal
 the new command's, or the rerun stops and names what differs; `--force` starts over.
@@ -33,6 +34,7 @@ from medal.runtime.log import log
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.previous.pt"  # the checkpoint before, kept until the next one is on the disk
+BEST_PREVIOUS = "best.previous.pt"  # best.pt before: the file the next best.pt is written over (`atomic`'s keep)
 LOCK = "lock"  # medal.runtime.filelock on the partial folder: one process trains a run at a time
 
 # config.json keys that decide what a run computes. Data and teachers by content (fingerprint,
@@ -119,7 +121,7 @@ class Checkpoint:
         write_csv(self.folder / "history.csv", state["history"])
         kept = state.get("kept")  # None before any epoch was kept; absent from an older medal's checkpoints,
         if kept is not None and kept["epoch"] != self.kept_epoch:  # whose best.pt is already written
-            write_torch(self.folder / "best.pt", kept)
+            write_torch(self.folder / "best.pt", kept, keep=self.folder / BEST_PREVIOUS)
             self.kept_epoch = kept["epoch"]
 
     def resuming(self, out: Path, stopped: bool, epochs: int) -> str:
@@ -142,6 +144,7 @@ class Checkpoint:
         """A finished run keeps its outputs, not the state to continue it."""
         self.path.unlink(missing_ok=True)
         (self.folder / PREVIOUS).unlink(missing_ok=True)
+        (self.folder / BEST_PREVIOUS).unlink(missing_ok=True)
 
 
 def snapshot(obj: Any, into: Any = None) -> Any:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -38,6 +39,7 @@ from medal.models.teacher_spec import cache_matcher, parse_teacher, stale_run_ca
 from medal.pipeline.checkpoint import LOCK, Checkpoint, StateCopy, record_stats, run_settings, snapshot
 from medal.pipeline.evaluate import evaluate_model, evaluate_scores, predict, student_channels
 from medal.pipeline.student_step import StudentStep
+from medal.runtime.allocator import keep_freed_memory
 from medal.records.model_card import write_model_card
 from medal.runtime.background import BackgroundWriter, Write
 from medal.runtime.device import resolve_device
@@ -191,6 +193,8 @@ def run_distill(cfg: DistillConfig) -> Path:
     """
     set_deterministic(cfg.deterministic)  # before anything touches CUDA
     data, caches = prepare(cfg)
+    if all(isinstance(split.images, np.ndarray) for split in data.splits.values()):
+        keep_freed_memory()  # the steps' host memory stays in the process; not when data streams, short of memory
     check_val_classes(data.flag, data.splits["val"].labels, data.num_outputs, data.multi_label)
     world = init_world(resolve_device(cfg.device))
     device = world.device(resolve_device(cfg.device))
