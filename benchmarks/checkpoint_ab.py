@@ -8,7 +8,8 @@ Variants (any of them, in the order given, each round):
   file the write replaces;
 - `fresh-crc`: `fresh-files`, with the checkpoint's state also copied into new memory each epoch and checkpoint.pt
   written with the zip's CRC-32s, as before `StateCopy` and `write_torch(crc=False)`;
-- `no-best`: medal writing best.pt only at the last epoch (epoch_overhead's `--writes no-best`);
+- `best-each`: medal writing best.pt after every better epoch too, as before it waited for the end of training
+  (epoch_overhead's `--writes best-each`);
 - `last`: medal with no checkpoint before the last epoch (epoch_overhead's `--writes last`).
 
 `--allocator glibc` leaves glibc's malloc thresholds as they are, in medal too (as before
@@ -41,7 +42,7 @@ import medal.pipeline.distill as distill
 import medal.runtime.io as io
 from medal.runtime.allocator import keep_freed_memory
 
-VARIANTS = ("bare", "medal", "fresh-files", "fresh-crc", "no-best", "last")
+VARIANTS = ("bare", "medal", "fresh-files", "fresh-crc", "best-each", "last")
 
 
 @contextlib.contextmanager
@@ -117,7 +118,7 @@ def main() -> None:
                 else:
                     how = {"fresh-crc": fresh_copies_with_crc, "fresh-files": fresh_files}.get(variant,
                                                                                             contextlib.nullcontext)()
-                    writes = variant if variant in ("no-best", "last") else "every"
+                    writes = variant if variant in ("best-each", "last") else "every"
                     with how, eo.fewer_writes(writes, args.epochs):
                         times = eo.medal_epochs(root, args.student, args.image_size, args.epochs, args.batch_size,
                                                 0, Path(tmp) / f"run{round_}-{variant}")[0]

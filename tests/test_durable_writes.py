@@ -181,3 +181,22 @@ def test_a_state_copy_reuses_the_last_copys_memory_and_holds_the_new_values():
     assert copies("model", state)["b"][1].shape == (6,)
     other = copies("optimizer", {"a": torch.ones(4, 3)})
     assert other["a"].data_ptr() != pointer, "each part has memory of its own"
+
+
+def test_best_pt_after_a_signal_comes_from_the_checkpoint_on_the_disk(tmp_path):
+    """--keep last: the kept weights are the checkpoint's copy buffer, which the next epoch's copy overwrites; a
+    signal that catches that copy half done must not put its values into best.pt."""
+    import torch
+
+    from medal.pipeline.checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(tmp_path, {"epochs": 5})
+    buffer = {"w": torch.zeros(4)}
+    state = {"epoch": 2, "stopped": False, "history": [{"epoch": 1}, {"epoch": 2}],
+             "kept": {"model": buffer, "epoch": 2, "val": {"auc": 0.5}}}
+    checkpoint.save(state)
+    assert not (tmp_path / "best.pt").exists(), "best.pt is written when training ends, not every epoch"
+    buffer["w"][:2] = 7.0  # epoch 3's copy, half done when the signal came
+    checkpoint.write_best_after_signal()
+    best = torch.load(tmp_path / "best.pt")
+    assert best["epoch"] == 2 and torch.equal(best["model"]["w"], torch.zeros(4))

@@ -259,6 +259,9 @@ def test_sigterm_says_how_to_resume_and_settings_must_match(root, reference, tmp
     assert re.fullmatch(rf"interrupted at epoch (\d) of {EPOCHS}: run the same command again to resume from epoch "
                         rf"\1 \(progress kept in {re.escape(str(partial))}\)", last), last
     assert (partial / "checkpoint.pt").is_file() and not (partial / "lock").exists()
+    kept, best = torch.load(partial / "checkpoint.pt")["kept"], torch.load(partial / "best.pt")
+    assert best["epoch"] == kept["epoch"], "best.pt is not the interrupted run's best epoch"
+    assert all(torch.equal(best["model"][k], v) for k, v in kept["model"].items()), "best.pt is not those weights"
 
     code, _, err = run_cli(args(root, out, "--lr", "0.01", "--seed", "3"), capsys, monkeypatch)
     assert code == 1

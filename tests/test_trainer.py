@@ -4,7 +4,7 @@
 - each step's loss is `kd_loss` (CA-MKD's for several teachers) of the student's logits against the cached
   teacher logits of the same samples, at the run's t and alpha, and the optimizer takes that step;
 - the weights kept (best.pt, metrics.json, test_scores.npy) are the epoch's with the best validation AUC,
-  and --patience stops the run;
+  best.pt is written once, when training ends, and --patience stops the run;
 - --teachers a,b runs through `distill` and `sweep`.
 
 The student is timm's tiny `test_resnet`. The second teacher cache is the ViT-S/14 cache copied under
@@ -315,6 +315,22 @@ def test_a_skipped_checkpoint_still_keeps_the_best_epoch(root, tmp_path, capsys,
     for kept in (saved[2]["kept"]["model"], torch.load(run / "best.pt", map_location="cpu")["model"]):
         for name, value in scored[2].items():  # the weights epoch 3 was scored with
             assert torch.equal(kept[name], value), f"not epoch 3's: {name}"
+
+
+def test_best_pt_is_written_once_when_training_ends(root, tmp_path, capsys, monkeypatch):
+    """Epochs 1 and 3 are better than the ones before: best.pt is written once, after the last checkpoint, not
+    after each of them (the checkpoints carry those weights)."""
+    from medal.pipeline import checkpoint
+
+    _script_val_auc(monkeypatch, SCRIPT)
+    written, write_torch = [], checkpoint.write_torch
+    monkeypatch.setattr(checkpoint, "write_torch", lambda path, obj, **kw: written.append(
+        (Path(path).name, obj["epoch"])) or write_torch(path, obj, **kw))
+    code, _, err = run_cli(["distill", "--dataset", "bloodmnist", "--root", root, "--alpha", "1", "--epochs", "5",
+                            "--out", tmp_path / "run", *STUDENT], capsys, monkeypatch)
+    assert code == 0, err
+    assert [w for w in written if w[0] == "best.pt"] == [("best.pt", 3)], written
+    assert written[-2:] == [("checkpoint.pt", 5), ("best.pt", 3)], written
 
 
 def test_patience_stops_the_run(root, tmp_path, capsys, monkeypatch):

@@ -4,10 +4,14 @@ After every epoch rank 0 copies the run's state to CPU memory (`snapshot`): the 
 and scheduler, the epoch, every random-number state, the best-so-far and patience counters, the
 history, and the weights best.pt keeps (`kept`). A thread writes it (medal.runtime.background):
 `checkpoint.pt` into the run's `.NAME.partial` folder, durably, the one before it kept as
-`checkpoint.previous.pt` until then (and best.pt's as `best.previous.pt`: each write goes over the
-file the write before it kept, `medal.runtime.io.atomic`). It is the commit point of an epoch:
-history.csv and best.pt are written after it, from it, so whatever stops a run, the checkpoint never
-lags behind them, and a resume rewrites both from it. An epoch whose checkpoint comes while the
+`checkpoint.previous.pt` until then (each write goes over the file the write before it kept,
+`medal.runtime.io.atomic`). It is the commit point of an epoch: history.csv is written after it,
+from it, and best.pt from the last one written, when training ends or a signal stops it, and when
+a run resumes. So whatever stops a run, the checkpoint never lags behind them, and a resume rewrites
+both from it. best.pt is not rewritten after every better epoch: the checkpoint carries the same
+weights, and that 94 MB write (ResNet-50) cost about 6% of an epoch on a 2-core CPU
+(benchmarks/RESULTS.md, "Fixed costs"). After a kill -9 the partial folder's best.pt can lag
+behind the checkpoint until the run is resumed. An epoch whose checkpoint comes while the
 previous one is still being written gets none (the next one follows); the last epoch's is always
 written. Running the same command again then continues after the last checkpoint written, or the
 one before when that cannot be read, and on CPU ends bit-identical to a run never stopped.
@@ -34,7 +38,6 @@ from medal.runtime.log import log
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.previous.pt"  # the checkpoint before, kept until the next one is on the disk
-BEST_PREVIOUS = "best.previous.pt"  # best.pt before: the file the next best.pt is written over (`atomic`'s keep)
 LOCK = "lock"  # medal.runtime.filelock on the partial folder: one process trains a run at a time
 
 # config.json keys that decide what a run computes. Data and teachers by content (fingerprint,
@@ -70,6 +73,7 @@ class Checkpoint:
     folder: Path
     settings: dict
     epoch: int = 0  # the last epoch written to the disk
+    kept: dict | None = None  # that checkpoint's kept weights: what best.pt is to hold
     kept_epoch: int | None = None  # the epoch whose weights best.pt holds, once this process wrote it
 
     @property
@@ -106,23 +110,37 @@ class Checkpoint:
         if changed:
             raise MedalError(f"{self.folder} holds an interrupted run with other settings ({'; '.join(changed)}): "
                              f"run its command again to resume it, or pass --force to start over.")
-        self.epoch = state["epoch"]
-        self.write_outputs(state)  # the killed process may have missed them, or written a later epoch's
+        self.on_disk(state)
+        self.write_best()  # the killed process may have missed it, or written a later epoch's
         return state
 
     def save(self, state: dict) -> None:
-        """Write an epoch's snapshot, then the files that follow from it (on the writer's thread)."""
+        """Write an epoch's snapshot, then history.csv (on the writer's thread)."""
         write_torch(self.path, {"settings": self.settings, **state}, keep=self.folder / PREVIOUS, crc=False)
-        self.epoch = state["epoch"]
-        self.write_outputs(state)
+        self.on_disk(state)
+        if state["stopped"] or state["epoch"] == self.settings["epochs"]:
+            self.write_best()  # training ends: the last write, which the loop waits for
 
-    def write_outputs(self, state: dict) -> None:
-        """history.csv, and best.pt unless it already holds the kept epoch's weights."""
+    def on_disk(self, state: dict) -> None:
+        """The checkpoint on the disk holds `state` now: its epoch, its kept weights, history.csv from it."""
+        self.epoch = state["epoch"]
+        self.kept = state.get("kept")  # None before any epoch was kept; absent from an older medal's checkpoints
         write_csv(self.folder / "history.csv", state["history"])
-        kept = state.get("kept")  # None before any epoch was kept; absent from an older medal's checkpoints,
-        if kept is not None and kept["epoch"] != self.kept_epoch:  # whose best.pt is already written
-            write_torch(self.folder / "best.pt", kept, keep=self.folder / BEST_PREVIOUS)
-            self.kept_epoch = kept["epoch"]
+
+    def write_best_after_signal(self) -> None:
+        """best.pt when a signal stopped training: from the last checkpoint as read back from the disk, since
+        its weights in memory may be a buffer (`StateCopy`) that the signal caught half-overwritten."""
+        if self.kept is not None and self.kept["epoch"] != self.kept_epoch:
+            self.kept = read_torch(self.path).get("kept")
+            self.write_best()
+
+    def write_best(self) -> None:
+        """best.pt from the last checkpoint written, unless it already holds those weights: at the end of
+        training, when a signal stops it, and when a run resumes; not after every better epoch (why: the
+        module's docstring)."""
+        if self.kept is not None and self.kept["epoch"] != self.kept_epoch:
+            write_torch(self.folder / "best.pt", self.kept)
+            self.kept_epoch = self.kept["epoch"]
 
     def resuming(self, out: Path, stopped: bool, epochs: int) -> str:
         """The line a resumed run starts with."""
@@ -144,7 +162,6 @@ class Checkpoint:
         """A finished run keeps its outputs, not the state to continue it."""
         self.path.unlink(missing_ok=True)
         (self.folder / PREVIOUS).unlink(missing_ok=True)
-        (self.folder / BEST_PREVIOUS).unlink(missing_ok=True)
 
 
 def snapshot(obj: Any, into: Any = None) -> Any:

@@ -240,6 +240,7 @@ def run_distill(cfg: DistillConfig) -> Path:
                                           "last_epoch": {"epoch": history[-1]["epoch"], **last}})
                     write_model_card(partial)
         except (KeyboardInterrupt, Terminated) as exc:
+            checkpoint.write_best_after_signal()  # a rank other than 0 has written none: nothing to do
             raise Interrupted(checkpoint.interrupted(trained, cfg.epochs), exit_code(exc)) from None
         if world.main:
             checkpoint.remove()
