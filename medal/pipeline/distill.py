@@ -282,7 +282,8 @@ def train_student(cfg: DistillConfig, student: nn.Module, data: Dataset, soft: t
     """The training loop, continuing `resumed` (a checkpoint's state) when given.
 
     After every epoch rank 0 hands a copy of the state to a background writer: the checkpoint, then
-    history.csv and best.pt into `run` (`medal.pipeline.checkpoint`); history.png at the end.
+    history.csv into `run`, and after the last epoch's, best.pt (`medal.pipeline.checkpoint`); history.png
+    at the end.
     """
     generator = torch.Generator().manual_seed(cfg.seed)  # same seed on every rank: same global order
     if resumed:
