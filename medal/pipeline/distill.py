@@ -39,8 +39,8 @@ from medal.models.teacher_spec import cache_matcher, parse_teacher, stale_run_ca
 from medal.pipeline.checkpoint import LOCK, Checkpoint, StateCopy, record_stats, run_settings, snapshot
 from medal.pipeline.evaluate import evaluate_model, evaluate_scores, predict, student_channels
 from medal.pipeline.student_step import StudentStep
-from medal.runtime.allocator import keep_freed_memory
 from medal.records.model_card import write_model_card
+from medal.runtime.allocator import keep_freed_memory
 from medal.runtime.background import BackgroundWriter, Write
 from medal.runtime.device import resolve_device
 from medal.runtime.distributed import World, init_world

@@ -61,8 +61,8 @@ def atomic(path: Path, write: Callable[[Path], None], keep: Path | None = None) 
     `keep`: where the file being replaced goes first, so that it stays until the new one is on the disk.
     The file `keep` held until now, which this write discards, becomes the temporary file, and `write` goes
     over it (write_torch) rather than into a new file. Why: on this project's CI machine a 283 MB checkpoint
-    into a new file cost the writer's thread 0.17-0.8 s of CPU under training, taken from training on two
-    cores; over the discarded file, 0.05-0.2 s (benchmarks/RESULTS.md, "Fixed costs"). Meanwhile only `path`
+    into a new file cost the writer's thread 0.09-0.80 s of CPU during training, taken from training on two
+    cores; over the discarded file, 0.06-0.28 s (benchmarks/RESULTS.md, "Fixed costs"). Meanwhile only `path`
     is left of the two; a killed write leaves the temporary file, which `is_temporary` names.
     """
     path = Path(path)
