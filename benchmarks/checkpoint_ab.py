@@ -3,13 +3,16 @@ epochs vary by 15% from one minute to the next needs many short rounds, not two 
 
 Variants (any of them, in the order given, each round):
 - `bare`: epoch_overhead's bare PyTorch loop (train steps, then the validation forward);
-- `medal`: `medal distill` as it is;
-- `fresh-files`: medal writing each checkpoint.pt and best.pt into a new file, as before `atomic` recycled the
-  file the write replaces;
+- `medal`: `medal distill` as it is: on the CPU the training thread writes the live state into the checkpoint's
+  file, the writer's thread fsyncs and renames it (`Checkpoint.stage`);
+- `in-memory`: medal copying the state to memory and writing it on the writer's thread, as it does on a GPU
+  (and did on the CPU until `medal.pipeline.distill.stages_in_file`);
+- `fresh-files`: `in-memory`, writing each checkpoint.pt and best.pt into a new file, as before `atomic`
+  recycled the file the write replaces;
 - `fresh-crc`: `fresh-files`, with the checkpoint's state also copied into new memory each epoch and checkpoint.pt
   written with the zip's CRC-32s, as before `StateCopy` and `write_torch(crc=False)`;
-- `best-each`: medal writing best.pt after every better epoch too, as before it waited for the end of training
-  (epoch_overhead's `--writes best-each`);
+- `best-each`: `in-memory`, writing best.pt after every better epoch too, as before it waited for the end of
+  training (epoch_overhead's `--writes best-each`);
 - `last`: medal with no checkpoint before the last epoch (epoch_overhead's `--writes last`).
 
 `--allocator glibc` leaves glibc's malloc thresholds as they are, in medal too (as before
@@ -18,7 +21,7 @@ Variants (any of them, in the order given, each round):
 Prints one JSON line: torch's threads, the allocator, and each variant's median epoch seconds (the first epoch of each run
 dropped), its ratio to `bare` and the number of epochs; every epoch goes to stderr as it comes.
 
-    python benchmarks/checkpoint_ab.py --rounds 8 --epochs 4 --variants bare,medal,fresh-files,last
+    python benchmarks/checkpoint_ab.py --rounds 4 --epochs 6 --variants bare,medal,in-memory,last
 """
 
 from __future__ import annotations
@@ -28,9 +31,7 @@ import contextlib
 import json
 import statistics
 import sys
-import os
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,32 +43,37 @@ import medal.pipeline.distill as distill
 import medal.runtime.io as io
 from medal.runtime.allocator import keep_freed_memory
 
-VARIANTS = ("bare", "medal", "fresh-files", "fresh-crc", "best-each", "last")
+VARIANTS = ("bare", "medal", "in-memory", "fresh-files", "fresh-crc", "best-each", "last")
+
+
+@contextlib.contextmanager
+def in_memory() -> Iterator[None]:
+    """The state copied to memory and written on the writer's thread, as on a GPU."""
+    in_file = distill.stages_in_file
+    distill.stages_in_file = lambda device: False
+    try:
+        yield
+    finally:
+        distill.stages_in_file = in_file
 
 
 @contextlib.contextmanager
 def fresh_files() -> Iterator[None]:
-    """`atomic` as it was before it recycled the replaced file: every write goes into a new temporary file."""
-    recycling = io.atomic
+    """`in_memory`, with `stage` as it was before it recycled the replaced file: every write goes into a new
+    temporary file (`publish` still keeps the replaced one as `keep`)."""
+    recycling = io.stage
 
-    def atomic(path: Path, write: Callable[[Path], None], keep: Path | None = None) -> Path:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            write(tmp)
-            io.fsync_path(tmp)
-            if keep is not None and path.exists():
-                os.replace(path, keep)
-            os.replace(tmp, path)
-            io.fsync_path(path.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+    def stage(path: Path, write: Callable[[Path], None], keep: Path | None = None) -> io.Staged:
+        staged = recycling(path, write)
+        staged.keep = keep
+        return staged
 
-    io.atomic = atomic
+    io.stage = stage
     try:
-        yield
+        with in_memory():
+            yield
     finally:
-        io.atomic = recycling
+        io.stage = recycling
 
 
 @contextlib.contextmanager
@@ -116,8 +122,8 @@ def main() -> None:
                 if variant == "bare":
                     times = eo.bare_epochs(root, args.student, args.image_size, args.epochs, args.batch_size, 0)
                 else:
-                    how = {"fresh-crc": fresh_copies_with_crc, "fresh-files": fresh_files}.get(variant,
-                                                                                            contextlib.nullcontext)()
+                    how = {"fresh-crc": fresh_copies_with_crc, "fresh-files": fresh_files, "in-memory": in_memory,
+                           "best-each": in_memory}.get(variant, contextlib.nullcontext)()
                     writes = variant if variant in ("best-each", "last") else "every"
                     with how, eo.fewer_writes(writes, args.epochs):
                         times = eo.medal_epochs(root, args.student, args.image_size, args.epochs, args.batch_size,

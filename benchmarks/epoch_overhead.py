@@ -152,28 +152,27 @@ WRITES = ("every", "best-each", "last")  # a diagnosis of where the epoch's over
 def fewer_writes(writes: str, epochs: int) -> Iterator[None]:
     """medal (after #24) writing other than it does: `best-each` also writes best.pt after every checkpoint whose
     kept epoch is new (as before best.pt waited for the end of training), `last` writes no checkpoint before the
-    last epoch. `every` changes nothing."""
+    last epoch (on the CPU not even the copy: there the write is the copy). `every` changes nothing."""
     if writes == "every":
         yield
         return
     from medal.pipeline.checkpoint import Checkpoint
 
-    original = Checkpoint.save
+    original = Checkpoint.stage
 
-    def save(self, state: dict) -> None:
+    def stage(self, state: dict):
         if writes == "best-each":
-            original(self, state)
-            self.write_best()
-        elif state["epoch"] == epochs:
-            original(self, state)
-        else:
-            self.epoch = state["epoch"]
+            publish = original(self, state)
+            return lambda: (publish(), self.write_best())
+        if state["epoch"] == epochs:
+            return original(self, state)
+        return lambda: setattr(self, "epoch", state["epoch"])
 
-    Checkpoint.save = save
+    Checkpoint.stage = stage
     try:
         yield
     finally:
-        Checkpoint.save = original
+        Checkpoint.stage = original
 
 
 def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size: int, epochs: int,

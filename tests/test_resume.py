@@ -154,13 +154,18 @@ def test_kill_9_then_resume_is_identical(root, reference, tmp_path, capsys, monk
     assert not partial.exists() and not (out / "checkpoint.pt").exists() and not (out / "lock").exists()
 
 
-# `medal` whose write of epoch 3's checkpoint stops halfway: the temporary file half-written, then a marker
-# file (argv[1]) created, then a long sleep, during which the test sends SIGKILL.
+# `medal` whose writing of epoch 3's checkpoint stops (argv[2]: where), a marker file (argv[1]) is created, then a
+# long sleep, during which the test sends SIGKILL. "stage" and "memory": torch.save leaves the temporary file
+# half-written, on the training thread (the CPU's copy into the file) or on the writer's (a GPU's copy into
+# memory, taken on the CPU here); "publish": the writer's fsync of the complete temporary file hangs.
 SLOW_WRITE = """
 import sys, time
 from pathlib import Path
 import torch
-save, marker = torch.save, Path(sys.argv.pop(1))
+import medal.pipeline.distill as distill
+import medal.runtime.io as io
+marker, where = Path(sys.argv.pop(1)), sys.argv.pop(1)
+save, fsync = torch.save, io.fsync_path
 
 def slow_save(obj, f, *args, **kwargs):
     save(obj, f, *args, **kwargs)
@@ -170,7 +175,18 @@ def slow_save(obj, f, *args, **kwargs):
         marker.touch()
         time.sleep(300)
 
-torch.save = slow_save
+def slow_fsync(path):
+    fsync(path)
+    if ".checkpoint.pt.tmp-" in Path(path).name and torch.load(path, weights_only=True)["epoch"] == 3:
+        marker.touch()
+        time.sleep(300)
+
+if where == "publish":
+    io.fsync_path = slow_fsync
+else:
+    torch.save = slow_save
+if where == "memory":
+    distill.stages_in_file = lambda device: False
 from medal.cli import main
 sys.argv = ["medal", *sys.argv[1:]]
 main()
@@ -184,21 +200,27 @@ def wait_for(what, seconds: float = 300) -> None:
         time.sleep(0.02)
 
 
-def test_kill_9_while_a_checkpoint_is_written_then_resume_is_identical(root, reference, tmp_path, capsys, monkeypatch):
-    """Training goes on while epoch 3's checkpoint is being written (epochs 4 and 5 skip theirs); a SIGKILL then
-    loses epochs 3 to 5, and the rerun resumes after epoch 2 and ends bit-identical."""
+@pytest.mark.parametrize("where", ["publish", "stage", "memory"])
+def test_kill_9_while_a_checkpoint_is_written_then_resume_is_identical(root, reference, tmp_path, capsys, monkeypatch,
+                                                                        where):
+    """Epoch 3's checkpoint is being written when a SIGKILL comes; the rerun resumes after epoch 2 and ends
+    bit-identical. publish (the CPU's fsync, on the writer's thread) and memory (a GPU's write, on the writer's
+    thread): training goes on meanwhile, epochs 4 and 5 skip their checkpoints, and the kill loses epochs 3 to 5.
+    stage (the CPU's write of the live state, on the training thread): training waits for it, the kill loses
+    epoch 3."""
     out, partial, marker = tmp_path / "run", tmp_path / ".run.partial", tmp_path / "writing"
-    log = tmp_path / "stderr.txt"
+    log, goes_on = tmp_path / "stderr.txt", where != "stage"
     with open(log, "w") as stderr:
-        proc = start(args(root, out), ("-c", SLOW_WRITE, str(marker)), stderr=stderr)
+        proc = start(args(root, out), ("-c", SLOW_WRITE, str(marker), where), stderr=stderr)
         try:
             wait_for(lambda: marker.exists() or proc.poll() is not None)
-            # training goes on while the write sleeps for 300 s: a loop that waited for it would not get here
-            wait_for(lambda: 5 in trained_epochs(log.read_text()) or proc.poll() is not None, seconds=60)
+            if goes_on:  # training goes on while the write sleeps for 300 s: a loop that waited would not get here
+                wait_for(lambda: 5 in trained_epochs(log.read_text()) or proc.poll() is not None, seconds=60)
         finally:
             proc.kill()
             proc.communicate()
-    assert marker.exists() and 5 in trained_epochs(log.read_text()), log.read_text()[-2000:]
+    trained = trained_epochs(log.read_text())
+    assert marker.exists() and (5 in trained if goes_on else trained == [1, 2]), log.read_text()[-2000:]
     assert any(".checkpoint.pt.tmp-" in p.name for p in partial.iterdir()), "killed while writing"
     assert torch.load(partial / "checkpoint.pt")["epoch"] == 2
     assert not (partial / "checkpoint.previous.pt").exists(), "epoch 3's write goes over epoch 1's checkpoint"

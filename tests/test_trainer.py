@@ -297,16 +297,20 @@ def test_kept_weights_are_the_best_val_auc_epoch(root, tmp_path, capsys, monkeyp
     assert metrics["test"] == pytest.approx(expected)
 
 
-def test_a_skipped_checkpoint_still_keeps_the_best_epoch(root, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("in_file", [True, False], ids=["cpu-copy-into-file", "gpu-copy-into-memory"])
+def test_a_skipped_checkpoint_still_keeps_the_best_epoch(root, tmp_path, capsys, monkeypatch, in_file):
     """Epoch 3 (the best) comes while the writer is busy, so it gets no checkpoint; epoch 4's carries its weights,
-    from which best.pt is written: what a resume from epoch 4's checkpoint rewrites best.pt from, too."""
+    from which best.pt is written: what a resume from epoch 4's checkpoint rewrites best.pt from, too. Either way
+    of copying the state (medal.pipeline.distill.epoch_state): the GPU's is taken on the CPU here."""
+    from medal.pipeline import distill
     from medal.pipeline.checkpoint import Checkpoint
     from medal.runtime.background import BackgroundWriter
 
     scored = _script_val_auc(monkeypatch, SCRIPT)
-    offers, saved, busy, save = [], [], BackgroundWriter.busy, Checkpoint.save
+    monkeypatch.setattr(distill, "stages_in_file", lambda device: in_file)
+    offers, saved, busy, stage = [], [], BackgroundWriter.busy, Checkpoint.stage
     monkeypatch.setattr(BackgroundWriter, "busy", lambda self: offers.append(1) or len(offers) == 3 or busy(self))
-    monkeypatch.setattr(Checkpoint, "save", lambda self, state: saved.append(state) or save(self, state))
+    monkeypatch.setattr(Checkpoint, "stage", lambda self, state: saved.append(state) or stage(self, state))
     run = tmp_path / "run"
     code, _, err = run_cli(["distill", "--dataset", "bloodmnist", "--root", root, "--alpha", "1", "--lr", "0.01",
                             "--epochs", "5", "--out", run, *STUDENT], capsys, monkeypatch)
@@ -323,9 +327,11 @@ def test_best_pt_is_written_once_when_training_ends(root, tmp_path, capsys, monk
     from medal.pipeline import checkpoint
 
     _script_val_auc(monkeypatch, SCRIPT)
-    written, write_torch = [], checkpoint.write_torch
+    written, write_torch, stage_torch = [], checkpoint.write_torch, checkpoint.stage_torch
     monkeypatch.setattr(checkpoint, "write_torch", lambda path, obj, **kw: written.append(
         (Path(path).name, obj["epoch"])) or write_torch(path, obj, **kw))
+    monkeypatch.setattr(checkpoint, "stage_torch", lambda path, obj, **kw: written.append(
+        (Path(path).name, obj["epoch"])) or stage_torch(path, obj, **kw))
     code, _, err = run_cli(["distill", "--dataset", "bloodmnist", "--root", root, "--alpha", "1", "--epochs", "5",
                             "--out", tmp_path / "run", *STUDENT], capsys, monkeypatch)
     assert code == 0, err

@@ -1,9 +1,11 @@
 """A distill run's resumable checkpoint, and the check that a rerun is the same run.
 
-After every epoch rank 0 copies the run's state to CPU memory (`snapshot`): the model, optimizer
-and scheduler, the epoch, every random-number state, the best-so-far and patience counters, the
-history, and the weights best.pt keeps (`kept`). A thread writes it (medal.runtime.background):
-`checkpoint.pt` into the run's `.NAME.partial` folder, durably, the one before it kept as
+After every epoch rank 0 copies the run's state to CPU memory: the model, optimizer and scheduler,
+the epoch, every random-number state, the best-so-far and patience counters, the history, and the
+weights best.pt keeps (`kept`). On a GPU into memory (`snapshot`), and a thread writes it
+(medal.runtime.background); on the CPU straight into the file (`Checkpoint.stage`), which the thread
+makes durable (why: medal.pipeline.distill.epoch_state). `checkpoint.pt` goes into the run's
+`.NAME.partial` folder, durably, the one before it kept as
 `checkpoint.previous.pt` until then (each write goes over the file the write before it kept,
 `medal.runtime.io.atomic`). It is the commit point of an epoch: history.csv is written after it,
 from it, and best.pt from the last one written, when training ends or a signal stops it, and when
@@ -27,13 +29,13 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from medal.runtime.background import WriterStats
 from medal.runtime.errors import MedalError
-from medal.runtime.io import is_temporary, read_torch, write_csv, write_torch
+from medal.runtime.io import is_temporary, read_torch, stage_torch, write_csv, write_torch
 from medal.runtime.log import log
 
 CHECKPOINT = "checkpoint.pt"
@@ -115,11 +117,23 @@ class Checkpoint:
         return state
 
     def save(self, state: dict) -> None:
-        """Write an epoch's snapshot, then history.csv (on the writer's thread)."""
-        write_torch(self.path, {"settings": self.settings, **state}, keep=self.folder / PREVIOUS, crc=False)
-        self.on_disk(state)
-        if state["stopped"] or state["epoch"] == self.settings["epochs"]:
-            self.write_best()  # training ends: the last write, which the loop waits for
+        """Write an epoch's snapshot, then history.csv: all of it on the writer's thread."""
+        self.stage(state)()
+
+    def stage(self, state: dict) -> Callable[[], None]:
+        """Write an epoch's state under the checkpoint's temporary name now, on the calling thread, and return the
+        rest (fsync, renames, history.csv, best.pt when training ends) for the writer's thread. On the CPU the
+        training thread calls it with the live model's state: this write is the copy to CPU memory (the page
+        cache) that the checkpoint needs, and nothing of it runs beside training (see medal.pipeline.distill)."""
+        staged = stage_torch(self.path, {"settings": self.settings, **state}, keep=self.folder / PREVIOUS, crc=False)
+
+        def publish() -> None:
+            staged.publish()
+            self.on_disk(state)
+            if state["stopped"] or state["epoch"] == self.settings["epochs"]:
+                self.write_best()  # training ends: the last write, which the loop waits for
+
+        return publish
 
     def on_disk(self, state: dict) -> None:
         """The checkpoint on the disk holds `state` now: its epoch, its kept weights, history.csv from it."""

@@ -368,15 +368,28 @@ def epoch_state(checkpoint: Checkpoint, student: nn.Module, optimizer: torch.opt
                 kept: dict | None, keep_last: bool, fields: dict, copies: StateCopy) -> Write:
     """On the training thread: the epoch's state copied to CPU memory, and the write that saves it.
 
+    On a GPU the copy goes into `copies` (the memory of the previous checkpoint's copy, whose write has
+    finished), and the writer's thread writes the file while training goes on, on cores that training
+    leaves free. On the CPU training's threads take every core, and a write beside them cost training about
+    twice its own CPU time (benchmarks/RESULTS.md, "Fixed costs"). There the copy goes straight from the
+    live state into the file's pages (`Checkpoint.stage`): the one copy a write needs anyway, no slower than
+    the copy into memory; the writer's thread then makes it durable (fsync, renames), which takes no core.
+
     `kept` (--keep best) is the best epoch's weights, already a CPU copy: this epoch's model when it is the
     best (one copy serves both), an earlier one carried along so that a resume rewrites best.pt exactly.
-    `copies` holds the memory of the previous checkpoint's copy, whose write has finished.
     """
+    in_file = stages_in_file(device)
     if kept is not None and kept["epoch"] == fields["epoch"]:
         model = kept["model"]
     else:
-        model = copies("model", student.state_dict())
-    state = {**snapshot(fields), "model": model, "optimizer": copies("optimizer", optimizer.state_dict()),
+        model = student.state_dict() if in_file else copies("model", student.state_dict())
+    state = {**snapshot(fields), "model": model,
+             "optimizer": optimizer.state_dict() if in_file else copies("optimizer", optimizer.state_dict()),
              "scheduler": snapshot(schedule.state_dict()), "rng": snapshot(rng_state(generator, device)),
              "kept": {"model": model, "epoch": fields["epoch"], "val": fields["val"]} if keep_last else kept}
-    return partial(checkpoint.save, state)
+    return checkpoint.stage(state) if in_file else partial(checkpoint.save, state)
+
+
+def stages_in_file(device: torch.device) -> bool:
+    """Whether the training thread writes the checkpoint's file itself (the CPU; why: `epoch_state`)."""
+    return device.type == "cpu"
