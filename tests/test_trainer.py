@@ -321,6 +321,24 @@ def test_a_skipped_checkpoint_still_keeps_the_best_epoch(root, tmp_path, capsys,
             assert torch.equal(kept[name], value), f"not epoch 3's: {name}"
 
 
+def test_every_cpu_checkpoint_has_the_same_size(root, tmp_path, capsys, monkeypatch):
+    """On the CPU each checkpoint is written over the file of the one before the last (medal.runtime.io.stage),
+    and the kept weights go into it apart from the model in every epoch, better or not: so no checkpoint
+    outgrows the file it is written over, which would allocate pages and blocks on the training thread."""
+    from medal.pipeline.checkpoint import Checkpoint
+
+    _script_val_auc(monkeypatch, SCRIPT)  # epochs 1 and 3 better than the ones before, 2, 4 and 5 not
+    sizes, on_disk = [], Checkpoint.on_disk
+    monkeypatch.setattr(Checkpoint, "on_disk", lambda self, state: sizes.append(self.path.stat().st_size)
+                        or on_disk(self, state))
+    run = tmp_path / "run"
+    code, _, err = run_cli(["distill", "--dataset", "bloodmnist", "--root", root, "--alpha", "1", "--epochs", "5",
+                            "--out", run, *STUDENT], capsys, monkeypatch)
+    assert code == 0, err
+    weights = sum(t.numel() * t.element_size() for t in torch.load(run / "best.pt")["model"].values())
+    assert len(sizes) == 5 and max(sizes) - min(sizes) < weights / 10, (sizes, weights)
+
+
 def test_best_pt_is_written_once_when_training_ends(root, tmp_path, capsys, monkeypatch):
     """Epochs 1 and 3 are better than the ones before: best.pt is written once, after the last checkpoint, not
     after each of them (the checkpoints carry those weights)."""

@@ -375,14 +375,19 @@ def epoch_state(checkpoint: Checkpoint, student: nn.Module, optimizer: torch.opt
     live state into the file's pages (`Checkpoint.stage`): the one copy a write needs anyway, no slower than
     the copy into memory; the writer's thread then makes it durable (fsync, renames), which takes no core.
 
-    `kept` (--keep best) is the best epoch's weights, already a CPU copy: this epoch's model when it is the
-    best (one copy serves both), an earlier one carried along so that a resume rewrites best.pt exactly.
+    `kept` (--keep best) is the best epoch's weights, already a CPU copy, carried along so that a resume
+    rewrites best.pt exactly. In memory it is also this epoch's model when this epoch is the best (one copy
+    serves both). In the file it is written apart from the model every epoch, so that every checkpoint has the
+    same size: one written over a smaller one allocated pages and blocks, 0.14-0.17 s on the training thread
+    against 0.04-0.06 s (resnet50_28 on the CI machine).
     """
     in_file = stages_in_file(device)
-    if kept is not None and kept["epoch"] == fields["epoch"]:
+    if in_file:
+        model = student.state_dict()
+    elif kept is not None and kept["epoch"] == fields["epoch"]:
         model = kept["model"]
     else:
-        model = student.state_dict() if in_file else copies("model", student.state_dict())
+        model = copies("model", student.state_dict())
     state = {**snapshot(fields), "model": model,
              "optimizer": optimizer.state_dict() if in_file else copies("optimizer", optimizer.state_dict()),
              "scheduler": snapshot(schedule.state_dict()), "rng": snapshot(rng_state(generator, device)),
