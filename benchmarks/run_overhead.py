@@ -132,8 +132,10 @@ def gpu_estimate(startup_s: dict[str, float], checkpoint: dict[tuple[str, int], 
            f"CUDA's own start-up. Fixed costs, measured on this CPU: start-up = one short `medal distill` point "
            f"alone (sweep_overhead), and the checkpoint: the training thread's seconds per epoch from the epoch "
            f"measurement (before: the whole write, checkpoint.pt plus best.pt when kept, to this disk with its "
-           f"fsync; after: the copy to CPU memory each epoch, plus the wait for the last write, once a run; on a GPU "
-           f"that copy is a device-to-host one, likely faster).")
+           f"fsync; after: the training thread's part each epoch, plus the wait for the last write, once a run; on "
+           f"this CPU that part is the write of the live state into the checkpoint's file, while a GPU run copies "
+           f"the state to memory instead (a device-to-host copy, into the memory of the previous one) and writes "
+           f"it on another thread: the CPU's figure stands in for it).")
     return rows, how
 
 
