@@ -175,8 +175,23 @@ def fewer_writes(writes: str, epochs: int) -> Iterator[None]:
         Checkpoint.stage = original
 
 
+@contextlib.contextmanager
+def copied(copy: str) -> Iterator[None]:
+    """`auto`: medal as it is; `memory`: medal copying the checkpoint's state to memory and writing it on the
+    writer's thread, as it does on a GPU, where on the CPU it writes the file on the training thread."""
+    if copy == "auto" or not hasattr(distill, "stages_in_file"):  # a medal from before it: always in memory
+        yield
+        return
+    in_file = distill.stages_in_file
+    distill.stages_in_file = lambda device: False
+    try:
+        yield
+    finally:
+        distill.stages_in_file = in_file
+
+
 def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size: int, epochs: int,
-            seed: int = 0, rounds: int = 2, writes: str = "every") -> dict:
+            seed: int = 0, rounds: int = 2, writes: str = "every", copy: str = "auto") -> dict:
     """Median bare and medal epoch seconds (warm-up epochs dropped), over alternating rounds, and the
     training thread's checkpoint seconds per epoch (each run's total during its epochs / its epochs) and at the
     end of a run (the last write's wait), medians over rounds."""
@@ -190,14 +205,14 @@ def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size:
         bare, ours, saving, last = [], [], [], []
         for round_ in range(rounds):
             bare += bare_epochs(root, student, image_size, epochs, batch_size, seed)[1:]
-            with fewer_writes(writes, epochs):
+            with fewer_writes(writes, epochs), copied(copy):
                 epoch_s, save_s, last_s = medal_epochs(root, student, image_size, epochs, batch_size, seed,
                                                        Path(tmp) / f"run{round_}")
             ours += epoch_s[1:]
             saving.append(save_s / epochs)
             last.append(last_s)
     return {"student": student, "image_size": image_size, "train": n_train, "val": n_val, "batch_size": batch_size,
-            "epochs": epochs, "threads": torch.get_num_threads(), "writes": writes, "bare_s": statistics.median(bare),
+            "epochs": epochs, "threads": torch.get_num_threads(), "writes": writes, "copy": copy, "bare_s": statistics.median(bare),
             "medal_s": statistics.median(ours), "checkpoint_s": statistics.median(saving),
             "last_write_s": statistics.median(last),
             "ratio": statistics.median(ours) / statistics.median(bare),
@@ -217,11 +232,13 @@ def main() -> None:
     parser.add_argument("--writes", choices=WRITES, default="every",
                         help="diagnosis: medal as it is (every), best.pt after every better epoch too "
                              "(best-each), or no checkpoint before the last epoch (last)")
+    parser.add_argument("--copy", choices=("auto", "memory"), default="auto",
+                        help="medal as it is (auto), or copying the checkpoint to memory as on a GPU (memory)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(json.dumps(measure(args.student, args.image_size, args.train, args.val, args.batch_size, args.epochs,
-                             rounds=args.rounds, writes=args.writes)))
+                             rounds=args.rounds, writes=args.writes, copy=args.copy)))
 
 
 if __name__ == "__main__":

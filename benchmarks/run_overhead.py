@@ -6,7 +6,8 @@ one), each measured in processes of its own with that checkout first on the impo
   - start-up: `benchmarks/startup.py`'s commands (`import torch`, `medal --help`, `medal cache ls`, ...);
   - per epoch, for resnet18_28 and resnet50_28 at 28 px and resnet50 at 224 px on small generated data:
     the bare PyTorch epoch, medal's epoch, the seconds per epoch the training thread spent on checkpoints,
-    and the ratio (`benchmarks/epoch_overhead.py`, one round per process);
+    and the ratio (`benchmarks/epoch_overhead.py`, one round per process); for the ResNet-50s also the after
+    checkout copying the checkpoint to memory as on a GPU (`--copy memory`), which the GPU estimate uses;
   - a sweep of 8 short points with `--jobs 2` (`benchmarks/sweep_overhead.py`): its wall time against
     8 x one point's compute (the seconds in that point's history.csv) and 8 x one point run alone;
   - a resume (`benchmarks/resume_cost.py`): an 8-epoch run stopped after 4 and run again, against the whole run.
@@ -57,11 +58,11 @@ DATASETS = {"BreastMNIST": (546, 78), "BloodMNIST": (11_959, 1_712)}  # train, v
 GPU_EPOCHS = 100
 
 
-def epoch_figures(python: str, root: Path, case: Case, epochs: int, threads: int | None) -> dict:
+def epoch_figures(python: str, root: Path, case: Case, epochs: int, threads: int | None, copy: str = "auto") -> dict:
     """benchmarks/epoch_overhead.py's figures for `case`, measured with `root`'s medal in a process of its own."""
     argv = [python, str(HERE / "epoch_overhead.py"), case.student, "--image-size", str(case.image_size),
             "--train", str(case.train), "--val", str(case.val), "--batch-size", str(case.batch_size),
-            "--epochs", str(epochs), "--rounds", "1", *(["--threads", str(threads)] if threads else [])]
+            "--epochs", str(epochs), "--rounds", "1", "--copy", copy, *(["--threads", str(threads)] if threads else [])]
     proc = subprocess.run(argv, cwd=root, env=checkout_env(root), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"error: {' '.join(argv[1:3])} with {root} failed:\n{proc.stderr[-3000:]}")
@@ -118,7 +119,7 @@ def gpu_estimate(startup_s: dict[str, float], checkpoint: dict[tuple[str, int], 
             before = startup_s["before"] + GPU_EPOCHS * write_s
             # After: the training thread copies the state each epoch; a write still running skips the next one
             # instead of being waited for, and the last one is waited for once, at the end.
-            after_figures = figures["after"]
+            after_figures = figures.get("after, as on a GPU", figures["after"])
             after = startup_s["after"] + GPU_EPOCHS * after_figures["checkpoint_s"] + after_figures["last_write_s"]
             rows.append([dataset, f"{student} {size} px", f"{epoch_s:.3f}", f"{compute:.1f}",
                          f"{before:.1f}", f"{100 * before / (before + compute):.0f}%",
@@ -132,10 +133,10 @@ def gpu_estimate(startup_s: dict[str, float], checkpoint: dict[tuple[str, int], 
            f"CUDA's own start-up. Fixed costs, measured on this CPU: start-up = one short `medal distill` point "
            f"alone (sweep_overhead), and the checkpoint: the training thread's seconds per epoch from the epoch "
            f"measurement (before: the whole write, checkpoint.pt plus best.pt when kept, to this disk with its "
-           f"fsync; after: the training thread's part each epoch, plus the wait for the last write, once a run; on "
-           f"this CPU that part is the write of the live state into the checkpoint's file, while a GPU run copies "
-           f"the state to memory instead (a device-to-host copy, into the memory of the previous one) and writes "
-           f"it on another thread: the CPU's figure stands in for it).")
+           f"fsync; after: the training thread's part each epoch, plus the wait for the last write, once a run, "
+           f"measured with the checkpoint copied to memory and written on the writer's thread, as medal does on "
+           f"a GPU (the 'after, as on a GPU' rows; on the CPU medal writes the file on the training thread "
+           f"instead); on a GPU that copy is a device-to-host one).")
     return rows, how
 
 
@@ -170,6 +171,10 @@ def main() -> None:
             print(f"measuring {case.student} {case.image_size} px, {which} ...", file=sys.stderr, flush=True)
             epochs.setdefault((case.student, case.image_size), {})[which] = epoch_figures(
                 args.python, roots[which], case, args.epochs, args.threads)
+        if case.student != "resnet18_28":  # for the GPU estimate, which is ResNet-50's
+            print(f"measuring {case.student} {case.image_size} px, after, as on a GPU ...", file=sys.stderr, flush=True)
+            epochs[(case.student, case.image_size)]["after, as on a GPU"] = epoch_figures(
+                args.python, roots["after"], case, args.epochs, args.threads, copy="memory")
         results["epochs"].append({"case": asdict(case), **epochs[(case.student, case.image_size)]})
     for which in turns[1]:
         print(f"measuring the sweep, {which} ...", file=sys.stderr, flush=True)
@@ -183,7 +188,8 @@ def main() -> None:
     startup = table(["command", "before s", "after s"],
                     [[name, f"{results['startup']['before'][name]:.2f}", f"{results['startup']['after'][name]:.2f}"]
                      for name in commands])
-    epoch_rows = [row(which, Case(**entry["case"]), entry[which]) for entry in results["epochs"] for which in roots]
+    epoch_rows = [row(which, Case(**entry["case"]), figures) for entry in results["epochs"]
+                  for which, figures in entry.items() if which != "case"]
     per_epoch = table(["student", "px", "train/val", "batch", "medal", "bare epoch s", "medal epoch s",
                        "checkpoint s/epoch (training thread)", "last write s (once a run)", "medal / bare"], epoch_rows)
     sweep = table(["medal", "sweep --jobs 2, 8 points: wall s", "8 x one point's compute s", "wall / (8 x compute)",
