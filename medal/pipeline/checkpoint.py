@@ -124,7 +124,8 @@ class Checkpoint:
         """Write an epoch's state under the checkpoint's temporary name now, on the calling thread, and return the
         rest (fsync, renames, history.csv, best.pt when training ends) for the writer's thread. On the CPU the
         training thread calls it with the live model's state: this write is the copy to CPU memory (the page
-        cache) that the checkpoint needs, and nothing of it runs beside training (see medal.pipeline.distill)."""
+        cache) that the checkpoint needs, and only the fsync, which mostly waits for the disk, runs beside
+        training (see medal.pipeline.distill)."""
         staged = stage_torch(self.path, {"settings": self.settings, **state}, keep=self.folder / PREVIOUS, crc=False)
 
         def publish() -> None:
