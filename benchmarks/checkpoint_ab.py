@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import epoch_overhead as eo
@@ -47,20 +48,9 @@ VARIANTS = ("bare", "medal", "in-memory", "fresh-files", "fresh-crc", "best-each
 
 
 @contextlib.contextmanager
-def in_memory() -> Iterator[None]:
-    """The state copied to memory and written on the writer's thread, as on a GPU."""
-    in_file = distill.stages_in_file
-    distill.stages_in_file = lambda device: False
-    try:
-        yield
-    finally:
-        distill.stages_in_file = in_file
-
-
-@contextlib.contextmanager
 def fresh_files() -> Iterator[None]:
-    """`in_memory`, with `stage` as it was before it recycled the replaced file: every write goes into a new
-    temporary file (`publish` still keeps the replaced one as `keep`)."""
+    """`in-memory` (epoch_overhead's `copied("memory")`), with `stage` as it was before it recycled the replaced
+    file: every write goes into a new temporary file (`publish` still keeps the replaced one as `keep`)."""
     recycling = io.stage
 
     def stage(path: Path, write: Callable[[Path], None], keep: Path | None = None) -> io.Staged:
@@ -70,7 +60,7 @@ def fresh_files() -> Iterator[None]:
 
     io.stage = stage
     try:
-        with in_memory():
+        with eo.copied("memory"):
             yield
     finally:
         io.stage = recycling
@@ -122,6 +112,7 @@ def main() -> None:
                 if variant == "bare":
                     times = eo.bare_epochs(root, args.student, args.image_size, args.epochs, args.batch_size, 0)
                 else:
+                    in_memory = partial(eo.copied, "memory")
                     how = {"fresh-crc": fresh_copies_with_crc, "fresh-files": fresh_files, "in-memory": in_memory,
                            "best-each": in_memory}.get(variant, contextlib.nullcontext)()
                     writes = variant if variant in ("best-each", "last") else "every"
