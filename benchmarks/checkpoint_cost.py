@@ -3,16 +3,20 @@ checkpoints moved to a background writer (#24, #25).
 
 A student (default resnet50_28, 8 classes) with Adam after one step, so that the optimizer holds its two
 moments; the state is medal's own (`medal.pipeline.distill.epoch_state`), written by medal's own
-`Checkpoint.save` (checkpoint.pt, history.csv, best.pt) into a temporary folder under --dir (the disk
+`Checkpoint` (checkpoint.pt, history.csv, best.pt) into a temporary folder under --dir (the disk
 that is measured: runs/ lives there by default). Rows, each the median of --repeats:
 
-- the write of checkpoint.pt alone, without and with fsync (file before its rename, folder after), as
-  medal writes it (no zip CRC-32s, which torch.load never checks), and with them, as before;
+- the write of checkpoint.pt alone by `write_torch` (torch.save into the file), without and with fsync (file
+  before its rename, folder after), without the zip CRC-32s, which torch.load never checks, and with them, as
+  before;
+- the write as medal makes it now: the file's bytes, made in memory (`medal.runtime.file_image`), written with
+  O_DIRECT and through the page cache, fsync'd;
+- the writer thread's whole share on a GPU: the bytes from the state's copy, the write, history.csv, best.pt;
 - the training thread per checkpoint before: the whole write on it (checkpoint.pt, then best.pt on an
   epoch that improved), as medal did it, without fsync;
-- the training thread per checkpoint now: the copy to CPU memory only (`epoch_state`), on an epoch that
-  did not improve and on one that did (the best weights copied too, shared with the checkpoint); the
-  copy goes into the previous checkpoint's memory (`StateCopy`), and the last row copies into new memory.
+- the training thread per checkpoint now (`epoch_state`: on the CPU the file's bytes from the live state, on a
+  GPU the copy into the previous checkpoint's memory, `StateCopy`), on an epoch that did not improve and on one
+  that did; the best weights' copy; and the state copied into new memory, as before `StateCopy`.
 
     python benchmarks/checkpoint_cost.py [--student resnet50_28] [--repeats 5] [--dir .] [--quick] [--append FILE]
 """
@@ -33,8 +37,10 @@ from common import add_common_args, report, resolve_defaults, table  # also puts
 
 from medal.models.students import build_student  # noqa: E402
 from medal.pipeline import checkpoint as ckpt  # noqa: E402
+from medal.pipeline import distill  # noqa: E402
 from medal.pipeline.distill import epoch_state  # noqa: E402
 from medal.runtime import io  # noqa: E402
+from medal.runtime.file_image import FileImage  # noqa: E402
 
 
 @contextmanager
@@ -47,17 +53,18 @@ def without_fsync() -> Iterator[None]:
         io.fsync_path = real
 
 
-def interleaved(work: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each function, timed in turns (one call of each per round, after an untimed round),
-    so that the disk's background writeback and the machine's load weigh on every row alike."""
-    times: dict[str, list[float]] = {name: [] for name in work}
+def interleaved(work: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Median seconds of each function, and median CPU seconds of this thread in it, timed in turns (one call of
+    each per round, after an untimed round), so that the disk's background writeback and the machine's load weigh
+    on every row alike."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in work}
     for round_ in range(repeats + 1):
         for name, fn in work.items():
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             fn()
             if round_:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+                times[name].append((time.perf_counter() - start, time.thread_time() - cpu))
+    return {name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for name, t in times.items()}
 
 
 def main() -> None:
@@ -83,14 +90,25 @@ def main() -> None:
 
     folder = Path(tempfile.mkdtemp(prefix=".checkpoint_cost-", dir=args.dir))
     try:
-        checkpoint = ckpt.Checkpoint(folder, {"seed": 0})
+        checkpoint = ckpt.Checkpoint(folder, {"seed": 0, "epochs": 2})  # epoch 2 the last: best.pt written too
         copies = ckpt.StateCopy()  # as in distill: every checkpoint's copy in the same memory
 
+        def kept(improved: bool) -> dict:
+            return {"model": ckpt.snapshot(student.state_dict()), "epoch": 2, "val": val} if improved else earlier
+
+        def now(improved: bool) -> object:
+            """The training thread's share now, the way this device takes."""
+            return epoch_state(checkpoint, student, optimizer, schedule, generator, device, kept(improved), False,
+                               fields, copies)
+
         def state(improved: bool) -> dict:
-            kept = {"model": ckpt.snapshot(student.state_dict()), "epoch": 2, "val": val} if improved else earlier
-            write = epoch_state(checkpoint, student, optimizer, schedule, generator, device, kept, False, fields,
-                                copies)
-            return write.args[0]  # partial(checkpoint.save, state)
+            """The state copied the GPU's way (what its writer's thread saves), on any device."""
+            live = distill.copies_live_state
+            distill.copies_live_state = lambda device: False
+            try:
+                return now(improved).args[0]  # partial(checkpoint.save, state)
+            finally:
+                distill.copies_live_state = live
 
         plain = {k: v for k, v in state(False).items() if k != "kept"}  # checkpoint.pt as medal wrote it before
         settings = {"settings": checkpoint.settings, **plain}
@@ -109,15 +127,25 @@ def main() -> None:
             if improved:
                 io.write_torch(folder / "best.pt", {"model": plain["model"], "epoch": 2, "val": val})
 
+        direct, cached = FileImage(), FileImage()
+        cached.direct = False
+        for image in (direct, cached):
+            image.save_torch(settings, crc=False)
+
+        def image_write(image: FileImage) -> Callable[[], object]:
+            return lambda: io.atomic(folder / ckpt.CHECKPOINT, image.write_to, keep=folder / ckpt.PREVIOUS)
+
         timings = interleaved({
             "no_fsync": no_fsync(lambda: io.write_torch(folder / ckpt.CHECKPOINT, settings, crc=False)),
             "fsync": lambda: io.write_torch(folder / ckpt.CHECKPOINT, settings, crc=False),
             "crc": lambda: io.write_torch(folder / ckpt.CHECKPOINT, settings),
-            "writer_now": lambda: checkpoint.save(state(True)),  # what the writer's thread does now
+            "o_direct": image_write(direct),
+            "page_cache": image_write(cached),
+            "writer_gpu": lambda: checkpoint.save(state(True)),  # what the writer's thread does on a GPU
             "before_plain": no_fsync(lambda: old_save(False)),
             "before_improved": no_fsync(lambda: old_save(True)),
-            "after_plain": lambda: state(False),
-            "after_improved": lambda: state(True),
+            "after_plain": lambda: now(False),
+            "after_improved": lambda: now(True),
             "copy_kept": lambda: ckpt.snapshot(student.state_dict()),
             "copy_fresh": lambda: ckpt.snapshot({"model": student.state_dict(), "optimizer": optimizer.state_dict()}),
         }, args.repeats)
@@ -125,20 +153,24 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
     t = timings
-    rows = [
-        ["checkpoint.pt write, no fsync", f"{t['no_fsync']:.3f} s"],
-        ["checkpoint.pt write, fsync (file + folder)", f"{t['fsync']:.3f} s"],
-        ["fsync's share of the write", f"{t['fsync'] - t['no_fsync']:+.3f} s"],
-        ["checkpoint.pt write, fsync, with the zip's CRC-32s (as before)", f"{t['crc']:.3f} s"],
-        ["writer thread now: checkpoint + history.csv + best.pt, fsync", f"{t['writer_now']:.3f} s"],
-        ["training thread before, epoch not improved (write, no fsync)", f"{t['before_plain']:.3f} s"],
-        ["training thread before, epoch improved (+ best.pt)", f"{t['before_improved']:.3f} s"],
-        ["training thread now, epoch not improved (copy to CPU)", f"{t['after_plain']:.3f} s"],
-        ["training thread now, epoch improved (copy, best weights shared)", f"{t['after_improved']:.3f} s"],
-        ["  of which the best weights' copy (made even when skipped)", f"{t['copy_kept']:.3f} s"],
-        ["model + optimizer copied into new memory (as before StateCopy)", f"{t['copy_fresh']:.3f} s"],
+    labels = [
+        ("no_fsync", "checkpoint.pt write, no fsync"),
+        ("fsync", "checkpoint.pt write, fsync (file + folder)"),
+        ("crc", "checkpoint.pt write, fsync, with the zip's CRC-32s (as before)"),
+        ("o_direct", "checkpoint.pt now: its bytes from memory, O_DIRECT, fsync"),
+        ("page_cache", "checkpoint.pt now, through the page cache (O_DIRECT refused), fsync"),
+        ("writer_gpu", "writer thread on a GPU: bytes + checkpoint + history.csv + best.pt"),
+        ("before_plain", "training thread before, epoch not improved (write, no fsync)"),
+        ("before_improved", "training thread before, epoch improved (+ best.pt)"),
+        ("after_plain", "training thread now, epoch not improved (copy to CPU memory)"),
+        ("after_improved", "training thread now, epoch improved (+ the best weights' copy)"),
+        ("copy_kept", "  of which the best weights' copy (made even when skipped)"),
+        ("copy_fresh", "model + optimizer copied into new memory (as before StateCopy)"),
     ]
-    body = table(["per checkpoint", "median"], rows) + (
+    rows = [[label, f"{t[key][0]:.3f} s", f"{t[key][1]:.3f} s"] for key, label in labels]
+    rows.insert(2, ["fsync's share of the write", f"{t['fsync'][0] - t['no_fsync'][0]:+.3f} s",
+                    f"{t['fsync'][1] - t['no_fsync'][1]:+.3f} s"])
+    body = table(["per checkpoint", "median", "its CPU (the thread's)"], rows) + (
         f"\n\n{args.student} + Adam: checkpoint.pt {size:.1f} MiB; median of {args.repeats} on {device.type}, "
         f"written under {args.dir.resolve()}")
     report("Checkpoint cost: fsync, and the training thread's share", body, args, device)

@@ -152,42 +152,44 @@ WRITES = ("every", "best-each", "last")  # a diagnosis of where the epoch's over
 def fewer_writes(writes: str, epochs: int) -> Iterator[None]:
     """medal (after #24) writing other than it does: `best-each` also writes best.pt after every checkpoint whose
     kept epoch is new (as before best.pt waited for the end of training), `last` writes no checkpoint before the
-    last epoch (on the CPU not even the copy: there the write is the copy). `every` changes nothing."""
+    last epoch (on the CPU not even the copy of the live state). `every` changes nothing."""
     if writes == "every":
         yield
         return
     from medal.pipeline.checkpoint import Checkpoint
 
-    original = Checkpoint.stage
+    original = Checkpoint.prepare
 
-    def stage(self, state: dict):
+    def prepare(self, state: dict):
         if writes == "best-each":
-            publish = original(self, state)
-            return lambda: (publish(), self.write_best())
+            write = original(self, state)
+            return lambda: (write(), self.write_best())
         if state["epoch"] == epochs:
             return original(self, state)
         return lambda: setattr(self, "epoch", state["epoch"])
 
-    Checkpoint.stage = stage
+    Checkpoint.prepare = prepare
     try:
         yield
     finally:
-        Checkpoint.stage = original
+        Checkpoint.prepare = original
 
 
 @contextlib.contextmanager
 def copied(copy: str) -> Iterator[None]:
-    """`auto`: medal as it is; `memory`: medal copying the checkpoint's state to memory and writing it on the
-    writer's thread, as it does on a GPU, where on the CPU it writes the file on the training thread."""
-    if copy == "auto" or not hasattr(distill, "stages_in_file"):  # a medal from before it: always in memory
+    """`auto`: medal as it is; `memory`: medal copying the checkpoint's state to memory first and making the
+    file's bytes on the writer's thread, as it does on a GPU, where on the CPU the training thread makes them
+    from the live state."""
+    name = next((n for n in ("copies_live_state", "stages_in_file") if hasattr(distill, n)), None)  # 2nd: 71e369c
+    if copy == "auto" or name is None:  # a medal from before them: always in memory
         yield
         return
-    in_file = distill.stages_in_file
-    distill.stages_in_file = lambda device: False
+    live = getattr(distill, name)
+    setattr(distill, name, lambda device: False)
     try:
         yield
     finally:
-        distill.stages_in_file = in_file
+        setattr(distill, name, live)
 
 
 def measure(student: str, image_size: int, n_train: int, n_val: int, batch_size: int, epochs: int,

@@ -83,7 +83,7 @@ def test_full_disk_leaves_nothing(blood_root, vits_weights, tmp_path, capsys, mo
 
     code, _, err = run_cli(["cache-teacher", "--dataset", "bloodmnist", *teacher], capsys, monkeypatch)
     assert code == 0, err
-    monkeypatch.setattr("medal.pipeline.checkpoint.stage_torch", no_space)  # the checkpoint's first write
+    monkeypatch.setattr("medal.runtime.file_image.FileImage.write_to", no_space)  # the checkpoint's first write
     runs = tmp_path / "runs"
     code, _, err = run_cli(["distill", "--dataset", "bloodmnist", "--cache-dir", cache_dir, "--out", runs / "run",
                             "--epochs", "1", "--batch-size", "16", "--image-size", "32", "--device", "cpu"],

@@ -154,39 +154,50 @@ def test_kill_9_then_resume_is_identical(root, reference, tmp_path, capsys, monk
     assert not partial.exists() and not (out / "checkpoint.pt").exists() and not (out / "lock").exists()
 
 
-# `medal` whose writing of epoch 3's checkpoint stops (argv[2]: where), a marker file (argv[1]) is created, then a
-# long sleep, during which the test sends SIGKILL. "stage" and "memory": torch.save leaves the temporary file
-# half-written, on the training thread (the CPU's copy into the file) or on the writer's (a GPU's copy into
-# memory, taken on the CPU here); "publish": the writer's fsync of the complete temporary file hangs.
+# `medal` whose making of epoch 3's checkpoint stops (argv[2]: where), a marker file (argv[1]) is created, then a
+# long sleep, during which the test sends SIGKILL. "copy": the training thread's copy of the live state into the
+# image in memory (the CPU's way); "write" and "memory": the writer's thread leaves the temporary file
+# half-written (after the CPU's copy, or a GPU's copy into memory first, taken on the CPU here); "publish": the
+# writer's fsync of the complete temporary file hangs.
 SLOW_WRITE = """
 import sys, time
 from pathlib import Path
 import torch
 import medal.pipeline.distill as distill
 import medal.runtime.io as io
+from medal.runtime.file_image import FileImage
 marker, where = Path(sys.argv.pop(1)), sys.argv.pop(1)
-save, fsync = torch.save, io.fsync_path
+save, write_to, fsync = FileImage.save_torch, FileImage.write_to, io.fsync_path
 
-def slow_save(obj, f, *args, **kwargs):
-    save(obj, f, *args, **kwargs)
-    if isinstance(obj, dict) and obj.get("epoch") == 3 and "optimizer" in obj:
-        f.flush()
-        f.truncate(f.tell() // 2)  # written over the file epoch 1's checkpoint was in: half of it new
-        marker.touch()
-        time.sleep(300)
+def hang():
+    marker.touch()
+    time.sleep(300)
+
+def slow_save(self, obj, *args, **kwargs):
+    save(self, obj, *args, **kwargs)
+    if obj["epoch"] == 3:
+        hang()
+
+def slow_write(self, path):
+    write_to(self, path)
+    if torch.load(path, weights_only=True)["epoch"] == 3:
+        with open(path, "r+b") as f:
+            f.truncate(self.size // 2)  # written over the file epoch 1's checkpoint was in: half of it new
+        hang()
 
 def slow_fsync(path):
     fsync(path)
     if ".checkpoint.pt.tmp-" in Path(path).name and torch.load(path, weights_only=True)["epoch"] == 3:
-        marker.touch()
-        time.sleep(300)
+        hang()
 
-if where == "publish":
+if where == "copy":
+    FileImage.save_torch = slow_save
+elif where == "publish":
     io.fsync_path = slow_fsync
 else:
-    torch.save = slow_save
+    FileImage.write_to = slow_write
 if where == "memory":
-    distill.stages_in_file = lambda device: False
+    distill.copies_live_state = lambda device: False
 from medal.cli import main
 sys.argv = ["medal", *sys.argv[1:]]
 main()
@@ -200,16 +211,16 @@ def wait_for(what, seconds: float = 300) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("where", ["publish", "stage", "memory"])
+@pytest.mark.parametrize("where", ["write", "publish", "copy", "memory"])
 def test_kill_9_while_a_checkpoint_is_written_then_resume_is_identical(root, reference, tmp_path, capsys, monkeypatch,
                                                                         where):
-    """Epoch 3's checkpoint is being written when a SIGKILL comes; the rerun resumes after epoch 2 and ends
-    bit-identical. publish (the CPU's fsync, on the writer's thread) and memory (a GPU's write, on the writer's
-    thread): training goes on meanwhile, epochs 4 and 5 skip their checkpoints, and the kill loses epochs 3 to 5.
-    stage (the CPU's write of the live state, on the training thread): training waits for it, the kill loses
-    epoch 3."""
+    """Epoch 3's checkpoint is being made when a SIGKILL comes; the rerun resumes after epoch 2 and ends
+    bit-identical. On the writer's thread, half-written into the file (write), or waiting for its fsync (publish),
+    or a GPU's way, copied into memory first (memory): training goes on meanwhile, epochs 4 and 5 skip their
+    checkpoints, and the kill loses epochs 3 to 5. copy: the training thread's copy of the live state into memory
+    (the CPU's way); training waits for it, the kill loses epoch 3, and no file was touched."""
     out, partial, marker = tmp_path / "run", tmp_path / ".run.partial", tmp_path / "writing"
-    log, goes_on = tmp_path / "stderr.txt", where != "stage"
+    log, goes_on = tmp_path / "stderr.txt", where != "copy"
     with open(log, "w") as stderr:
         proc = start(args(root, out), ("-c", SLOW_WRITE, str(marker), where), stderr=stderr)
         try:
@@ -221,9 +232,14 @@ def test_kill_9_while_a_checkpoint_is_written_then_resume_is_identical(root, ref
             proc.communicate()
     trained = trained_epochs(log.read_text())
     assert marker.exists() and (5 in trained if goes_on else trained == [1, 2]), log.read_text()[-2000:]
-    assert any(".checkpoint.pt.tmp-" in p.name for p in partial.iterdir()), "killed while writing"
+    writing = any(".checkpoint.pt.tmp-" in p.name for p in partial.iterdir())
+    assert writing == goes_on, "killed while writing the file" if goes_on else "killed before any file was touched"
     assert torch.load(partial / "checkpoint.pt")["epoch"] == 2
-    assert not (partial / "checkpoint.previous.pt").exists(), "epoch 3's write goes over epoch 1's checkpoint"
+    before = partial / "checkpoint.previous.pt"
+    if goes_on:
+        assert not before.exists(), "epoch 3's write goes over epoch 1's checkpoint"
+    else:
+        assert torch.load(before)["epoch"] == 1, "the checkpoint before is kept until a write replaces it"
 
     code, _, err = run_cli(args(root, out), capsys, monkeypatch)
     assert code == 0, err

@@ -297,8 +297,8 @@ def test_kept_weights_are_the_best_val_auc_epoch(root, tmp_path, capsys, monkeyp
     assert metrics["test"] == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("in_file", [True, False], ids=["cpu-copy-into-file", "gpu-copy-into-memory"])
-def test_a_skipped_checkpoint_still_keeps_the_best_epoch(root, tmp_path, capsys, monkeypatch, in_file):
+@pytest.mark.parametrize("live", [True, False], ids=["cpu-live-state", "gpu-state-copy"])
+def test_a_skipped_checkpoint_still_keeps_the_best_epoch(root, tmp_path, capsys, monkeypatch, live):
     """Epoch 3 (the best) comes while the writer is busy, so it gets no checkpoint; epoch 4's carries its weights,
     from which best.pt is written: what a resume from epoch 4's checkpoint rewrites best.pt from, too. Either way
     of copying the state (medal.pipeline.distill.epoch_state): the GPU's is taken on the CPU here."""
@@ -307,10 +307,10 @@ def test_a_skipped_checkpoint_still_keeps_the_best_epoch(root, tmp_path, capsys,
     from medal.runtime.background import BackgroundWriter
 
     scored = _script_val_auc(monkeypatch, SCRIPT)
-    monkeypatch.setattr(distill, "stages_in_file", lambda device: in_file)
-    offers, saved, busy, stage = [], [], BackgroundWriter.busy, Checkpoint.stage
+    monkeypatch.setattr(distill, "copies_live_state", lambda device: live)
+    offers, saved, busy, prepare = [], [], BackgroundWriter.busy, Checkpoint.prepare
     monkeypatch.setattr(BackgroundWriter, "busy", lambda self: offers.append(1) or len(offers) == 3 or busy(self))
-    monkeypatch.setattr(Checkpoint, "stage", lambda self, state: saved.append(state) or stage(self, state))
+    monkeypatch.setattr(Checkpoint, "prepare", lambda self, state: saved.append(state) or prepare(self, state))
     run = tmp_path / "run"
     code, _, err = run_cli(["distill", "--dataset", "bloodmnist", "--root", root, "--alpha", "1", "--lr", "0.01",
                             "--epochs", "5", "--out", run, *STUDENT], capsys, monkeypatch)
@@ -322,9 +322,9 @@ def test_a_skipped_checkpoint_still_keeps_the_best_epoch(root, tmp_path, capsys,
 
 
 def test_every_cpu_checkpoint_has_the_same_size(root, tmp_path, capsys, monkeypatch):
-    """On the CPU each checkpoint is written over the file of the one before the last (medal.runtime.io.stage),
-    and the kept weights go into it apart from the model in every epoch, better or not: so no checkpoint
-    outgrows the file it is written over, which would allocate pages and blocks on the training thread."""
+    """Each checkpoint is written over the file of the one before the last (medal.runtime.io.atomic's `keep`),
+    and on the CPU the kept weights go into it apart from the model in every epoch, better or not: so no
+    checkpoint outgrows the file it is written over, which would allocate blocks on the disk."""
     from medal.pipeline.checkpoint import Checkpoint
 
     _script_val_auc(monkeypatch, SCRIPT)  # epochs 1 and 3 better than the ones before, 2, 4 and 5 not
@@ -345,11 +345,11 @@ def test_best_pt_is_written_once_when_training_ends(root, tmp_path, capsys, monk
     from medal.pipeline import checkpoint
 
     _script_val_auc(monkeypatch, SCRIPT)
-    written, write_torch, stage_torch = [], checkpoint.write_torch, checkpoint.stage_torch
+    written, write_torch, prepare = [], checkpoint.write_torch, checkpoint.Checkpoint.prepare
     monkeypatch.setattr(checkpoint, "write_torch", lambda path, obj, **kw: written.append(
         (Path(path).name, obj["epoch"])) or write_torch(path, obj, **kw))
-    monkeypatch.setattr(checkpoint, "stage_torch", lambda path, obj, **kw: written.append(
-        (Path(path).name, obj["epoch"])) or stage_torch(path, obj, **kw))
+    monkeypatch.setattr(checkpoint.Checkpoint, "prepare", lambda self, state: written.append(
+        ("checkpoint.pt", state["epoch"])) or prepare(self, state))
     code, _, err = run_cli(["distill", "--dataset", "bloodmnist", "--root", root, "--alpha", "1", "--epochs", "5",
                             "--out", tmp_path / "run", *STUDENT], capsys, monkeypatch)
     assert code == 0, err

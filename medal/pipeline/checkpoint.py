@@ -2,12 +2,12 @@
 
 After every epoch rank 0 copies the run's state to CPU memory: the model, optimizer and scheduler,
 the epoch, every random-number state, the best-so-far and patience counters, the history, and the
-weights best.pt keeps (`kept`). On a GPU into memory (`snapshot`), and a thread writes it
-(medal.runtime.background); on the CPU straight into the file (`Checkpoint.stage`), which the thread
-makes durable (why: medal.pipeline.distill.epoch_state). `checkpoint.pt` goes into the run's
-`.NAME.partial` folder, durably, the one before it kept as
-`checkpoint.previous.pt` until then (each write goes over the file the write before it kept,
-`medal.runtime.io.atomic`). It is the commit point of an epoch: history.csv is written after it,
+weights best.pt keeps (`kept`). The copy is the checkpoint file's bytes (`Checkpoint.prepare`, into a
+medal.runtime.file_image), made on the training thread from the live state on the CPU, or on a GPU from
+a copy in memory (`StateCopy`); a thread writes them (medal.runtime.background). `checkpoint.pt` goes
+into the run's `.NAME.partial` folder, durably, the one before it kept as `checkpoint.previous.pt`
+until then (each write goes over the file the write before it kept, `medal.runtime.io.atomic`). It is
+the commit point of an epoch: history.csv is written after it,
 from it, and best.pt from the last one written, when training ends or a signal stops it, and when
 a run resumes. So whatever stops a run, the checkpoint never lags behind them, and a resume rewrites
 both from it. best.pt is not rewritten after every better epoch: the checkpoint carries the same
@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,7 +35,8 @@ import torch
 
 from medal.runtime.background import WriterStats
 from medal.runtime.errors import MedalError
-from medal.runtime.io import is_temporary, read_torch, stage_torch, write_csv, write_torch
+from medal.runtime.file_image import FileImage
+from medal.runtime.io import atomic, is_temporary, read_torch, write_csv, write_torch
 from medal.runtime.log import log
 
 CHECKPOINT = "checkpoint.pt"
@@ -77,6 +78,7 @@ class Checkpoint:
     epoch: int = 0  # the last epoch written to the disk
     kept: dict | None = None  # that checkpoint's kept weights: what best.pt is to hold
     kept_epoch: int | None = None  # the epoch whose weights best.pt holds, once this process wrote it
+    image: FileImage = field(default_factory=FileImage, repr=False, compare=False)  # the next checkpoint file's bytes
 
     @property
     def path(self) -> Path:
@@ -117,24 +119,24 @@ class Checkpoint:
         return state
 
     def save(self, state: dict) -> None:
-        """Write an epoch's snapshot, then history.csv: all of it on the writer's thread."""
-        self.stage(state)()
+        """Copy an epoch's state and write it, then history.csv: all of it on the writer's thread (a GPU's)."""
+        self.prepare(state)()
 
-    def stage(self, state: dict) -> Callable[[], None]:
-        """Write an epoch's state under the checkpoint's temporary name now, on the calling thread, and return the
-        rest (fsync, renames, history.csv, best.pt when training ends) for the writer's thread. On the CPU the
-        training thread calls it with the live model's state: this write is the copy to CPU memory (the page
-        cache) that the checkpoint needs, and only the fsync, which mostly waits for the disk, runs beside
-        training (see medal.pipeline.distill)."""
-        staged = stage_torch(self.path, {"settings": self.settings, **state}, keep=self.folder / PREVIOUS, crc=False)
+    def prepare(self, state: dict) -> Callable[[], None]:
+        """Copy an epoch's state into the checkpoint file's bytes in memory now, on the calling thread, and return
+        the write (the file, its fsync and renames, history.csv, best.pt when training ends) for the writer's
+        thread. On the CPU the training thread calls it with the live model and optimizer: this is the copy to
+        CPU memory that the checkpoint needs, and the write beside training takes little CPU (O_DIRECT, see
+        medal.runtime.file_image). Nothing may call it again until the write has finished: it reuses the bytes."""
+        self.image.save_torch({"settings": self.settings, **state}, crc=False)
 
-        def publish() -> None:
-            staged.publish()
+        def write() -> None:
+            atomic(self.path, self.image.write_to, keep=self.folder / PREVIOUS)
             self.on_disk(state)
             if state["stopped"] or state["epoch"] == self.settings["epochs"]:
                 self.write_best()  # training ends: the last write, which the loop waits for
 
-        return publish
+        return write
 
     def on_disk(self, state: dict) -> None:
         """The checkpoint on the disk holds `state` now: its epoch, its kept weights, history.csv from it."""

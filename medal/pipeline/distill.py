@@ -368,34 +368,35 @@ def epoch_state(checkpoint: Checkpoint, student: nn.Module, optimizer: torch.opt
                 kept: dict | None, keep_last: bool, fields: dict, copies: StateCopy) -> Write:
     """On the training thread: the epoch's state copied to CPU memory, and the write that saves it.
 
-    On a GPU the copy goes into `copies` (the memory of the previous checkpoint's copy, whose write has
-    finished), and the writer's thread writes the file while training goes on, on cores that training
-    leaves free. On the CPU training's threads take every core, and a write beside them cost training about
-    twice its own CPU time (benchmarks/RESULTS.md, "Fixed costs"). There the copy goes straight from the
-    live state into the file's pages (`Checkpoint.stage`): the one copy a write needs anyway, 0.04-0.07 s for
-    resnet50_28 against 0.04 s into memory; the writer's thread then makes it durable (fsync, renames),
-    which takes little CPU. An epoch: 1.05-1.06x the bare loop at 2 threads, against 1.07-1.09x in memory.
+    The copy is the checkpoint file's bytes (`Checkpoint.prepare`), which the writer's thread then writes while
+    training goes on. On the CPU torch.save makes them straight from the live model and optimizer: one copy,
+    0.044 s for resnet50_28 with Adam. A copy into memory first (`StateCopy`), serialized on the writer's thread,
+    would be a second one beside training, whose threads take every core: a write beside them cost the epoch about
+    twice its CPU time (benchmarks/RESULTS.md, "Fixed costs"). On a GPU that copy into `copies` (the memory of
+    the previous checkpoint's copy, whose write has finished) is the one to make: torch.save would copy each
+    tensor to new memory first, and a GPU's host has cores to spare for the rest.
 
     `kept` (--keep best) is the best epoch's weights, already a CPU copy, carried along so that a resume
-    rewrites best.pt exactly. In memory it is also this epoch's model when this epoch is the best (one copy
-    serves both). In the file it is written apart from the model every epoch, so that every checkpoint has the
-    same size: one written over a smaller one allocated pages and blocks, 0.14-0.17 s on the training thread
-    against 0.04-0.06 s (resnet50_28 on the CI machine).
+    rewrites best.pt exactly. In `copies` it is also this epoch's model when this epoch is the best (one copy
+    serves both). From the live state it is written apart from the model every epoch, so that every checkpoint
+    has the same size: a file written over a smaller one allocated pages and blocks, 0.14-0.17 s against
+    0.04-0.06 s (resnet50_28 on the CI machine, through the page cache).
     """
-    in_file = stages_in_file(device)
-    if in_file:
+    live = copies_live_state(device)
+    if live:
         model = student.state_dict()
     elif kept is not None and kept["epoch"] == fields["epoch"]:
         model = kept["model"]
     else:
         model = copies("model", student.state_dict())
     state = {**snapshot(fields), "model": model,
-             "optimizer": optimizer.state_dict() if in_file else copies("optimizer", optimizer.state_dict()),
+             "optimizer": optimizer.state_dict() if live else copies("optimizer", optimizer.state_dict()),
              "scheduler": snapshot(schedule.state_dict()), "rng": snapshot(rng_state(generator, device)),
              "kept": {"model": model, "epoch": fields["epoch"], "val": fields["val"]} if keep_last else kept}
-    return checkpoint.stage(state) if in_file else partial(checkpoint.save, state)
+    return checkpoint.prepare(state) if live else partial(checkpoint.save, state)
 
 
-def stages_in_file(device: torch.device) -> bool:
-    """Whether the training thread writes the checkpoint's file itself (the CPU; why: `epoch_state`)."""
+def copies_live_state(device: torch.device) -> bool:
+    """Whether the training thread makes the checkpoint's bytes from the live state itself (the CPU; why:
+    `epoch_state`)."""
     return device.type == "cpu"

@@ -2,8 +2,7 @@
 
 Every file medal finishes goes through `atomic`: written under a temporary name, fsync'd, renamed,
 and its folder fsync'd after, so that a crash (or a power cut) leaves the old file or the new one,
-never an empty one; `stage` and `Staged.publish` are its two halves, for a caller that runs them on two
-threads. A folder built under a temporary name (a run, a cache, a dataset store) is
+never an empty one. A folder built under a temporary name (a run, a cache, a dataset store) is
 renamed into place by `publish_dir`, its files fsync'd first. Reading a torch checkpoint goes
 through `read_torch`, which unpickles tensors and plain values only, never code.
 """
@@ -18,7 +17,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,49 +60,26 @@ def atomic(path: Path, write: Callable[[Path], None], keep: Path | None = None) 
 
     `keep`: where the file being replaced goes first, so that it stays until the new one is on the disk.
     The file `keep` held until now, which this write discards, becomes the temporary file, and `write` goes
-    over it (write_torch) rather than into a new file. Why: on this project's CI machine a 283 MB checkpoint
-    into a new file cost the writer's thread 0.09-0.80 s of CPU during training, taken from training on two
-    cores; over the discarded file, 0.06-0.28 s (benchmarks/RESULTS.md, "Fixed costs"). Meanwhile only `path`
-    is left of the two; a killed write leaves the temporary file, which `is_temporary` names.
+    over it (write_torch, medal.runtime.file_image) rather than into a new file. Why: on this project's CI
+    machine a 283 MB checkpoint into a new file cost the writer's thread 0.09-0.80 s of CPU during training,
+    taken from training on two cores; over the discarded file, 0.06-0.28 s (benchmarks/RESULTS.md, "Fixed
+    costs"). Meanwhile only `path` is left of the two; a killed write leaves the temporary file, which
+    `is_temporary` names.
     """
-    return stage(path, write, keep).publish()
-
-
-@dataclass
-class Staged:
-    """A file written under its temporary name (`stage`), not yet durable nor in place: `publish` makes it so.
-    The two halves may run on different threads: medal's checkpoints on the CPU are staged by the training
-    thread and published by the writer's (medal.pipeline.checkpoint)."""
-
-    path: Path
-    tmp: Path
-    keep: Path | None
-
-    def publish(self) -> Path:
-        """fsync the file, move the one it replaces to `keep`, rename it into place, fsync the folder."""
-        try:
-            fsync_path(self.tmp)
-            if self.keep is not None and self.path.exists():
-                os.replace(self.path, self.keep)
-            os.replace(self.tmp, self.path)
-            fsync_path(self.path.parent)
-        finally:
-            self.tmp.unlink(missing_ok=True)
-        return self.path
-
-
-def stage(path: Path, write: Callable[[Path], None], keep: Path | None = None) -> Staged:
-    """The first half of `atomic`: write(tmp), over the file `keep` holds when there is one to discard."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         if keep is not None and keep.exists() and path.exists():
             os.replace(keep, tmp)  # its pages and disk blocks reused: none allocated
         write(tmp)
-    except BaseException:
+        fsync_path(tmp)
+        if keep is not None and path.exists():
+            os.replace(path, keep)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
-    return Staged(path, tmp, keep)
+    return path
 
 
 def publish_dir(tmp: Path, final: Path) -> Path:
@@ -139,19 +114,14 @@ def write_torch(path: Path, obj: Any, keep: Path | None = None, crc: bool = True
     """`crc=False` leaves out the zip's CRC-32 of each record, which torch.load never checks (a flipped byte in a
     tensor loads silently either way): a fsync'd 270 MB checkpoint takes 0.295 s instead of 0.357 s
     (benchmarks/RESULTS.md). `unzip -t` then reports the file as damaged, so only checkpoint.pt, which nothing
-    but medal reads, is written so (best.pt is a deliverable)."""
-    return stage_torch(path, obj, keep, crc).publish()
-
-
-def stage_torch(path: Path, obj: Any, keep: Path | None = None, crc: bool = True) -> Staged:
-    """`write_torch`'s first half (`stage`). With `keep`, `tmp` may be the discarded file: written over from its
-    start, and cut where the new zip ends."""
+    but medal reads, is written so (best.pt is a deliverable). With `keep`, the file written over may be the
+    discarded one (`atomic`): written from its start, and cut where the new zip ends."""
     def save(tmp: Path) -> None:
         with zip_crc(crc), open(tmp, "r+b" if tmp.exists() else "wb") as f:
             torch.save(obj, f)
             f.truncate()
 
-    return stage(path, save, keep=keep)
+    return atomic(path, save, keep=keep)
 
 
 _crc_option = threading.Lock()  # torch keeps the option process-wide: one medal write sets it at a time
