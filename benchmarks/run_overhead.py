@@ -134,9 +134,9 @@ def gpu_estimate(startup_s: dict[str, float], checkpoint: dict[tuple[str, int], 
            f"alone (sweep_overhead), and the checkpoint: the training thread's seconds per epoch from the epoch "
            f"measurement (before: the whole write, checkpoint.pt plus best.pt when kept, to this disk with its "
            f"fsync; after: the training thread's part each epoch, plus the wait for the last write, once a run, "
-           f"measured with the checkpoint copied to memory and written on the writer's thread, as medal does on "
-           f"a GPU (the 'after, as on a GPU' rows; on the CPU medal writes the file on the training thread "
-           f"instead); on a GPU that copy is a device-to-host one).")
+           f"measured with the state copied to memory first and the file's bytes made on the writer's thread, "
+           f"as medal does on a GPU (the 'after, as on a GPU' rows; on the CPU the training thread makes the bytes "
+           f"from the live state instead); on a GPU that copy is a device-to-host one).")
     return rows, how
 
 
