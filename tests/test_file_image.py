@@ -52,7 +52,7 @@ def test_o_direct_is_asked_for_and_a_refusal_falls_back_to_the_page_cache(tmp_pa
     def refusing_open(path, flags, *args):
         opened.append(flags)
         if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")  # what tmpfs and some network file systems answer
+            raise OSError(errno.EINVAL, "Invalid argument")  # what tmpfs before Linux 6.6 and some FUSE file systems answer
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", refusing_open)

@@ -6,8 +6,8 @@ copy cost the epoch about twice its own time (benchmarks/RESULTS.md, "Fixed cost
 state into page-aligned anonymous memory (`save_torch`: the one copy, on the calling thread), and `write_to` hands
 that memory to the disk with O_DIRECT, which the disk reads itself: 0.023 s of the writer's CPU for a 270 MiB
 checkpoint against 0.040 s through the page cache, and a resnet50_28 epoch 1.038x a bare loop against 1.054x
-(CI machine, ext4; benchmarks/RESULTS.md). Where O_DIRECT is missing (macOS, Windows) or refused (tmpfs, some
-network file systems) it writes through the page cache.
+(CI machine, ext4; benchmarks/RESULTS.md). Where O_DIRECT is missing (macOS, Windows) or refused (tmpfs before
+Linux 6.6, some FUSE and network file systems) it writes through the page cache.
 """
 
 from __future__ import annotations
