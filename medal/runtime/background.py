@@ -1,8 +1,9 @@
 """One write at a time on a thread of its own, so that a long loop never waits for the disk.
 
 The loop `offer`s each write as a function `prepare` that runs at once on the loop's thread (the
-quick part: copy what must not change under the writer into memory) and returns the slow part, which a thread then runs. A write offered
-while the previous one is still running is skipped, not waited for: `prepare` is not even called.
+quick part: copy what must not change under the writer into memory) and returns the slow part,
+which a thread then runs. A write offered while the previous one is still running is skipped, not
+waited for: `prepare` is not even called.
 `finish` writes the last skipped one, so the loop's final state always reaches the disk; leaving the
 `with` block by an exception only waits for the running write. A write that failed raises its error
 on the loop's thread, at the next `offer` or at `finish`.
